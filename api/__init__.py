@@ -1,0 +1,1 @@
+"""The HTTP API: FastAPI app, routers, dependencies, error handlers. Never imports torch or trainer."""

@@ -1,0 +1,82 @@
+"""Runs: submit, read, list, curves (JSON or CSV), cancel."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from api.deps import RunDep, SessionDep
+from api.errors import ApiError
+from lrlab import queue, store
+from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=RunCreated)
+def create_run(spec: RunSpec, session: SessionDep, response: Response) -> RunCreated:
+    """Queue one training run; poll `Location` (or its /curves) for progress."""
+    target = queue.choose_queue(session, spec.device)
+    run = store.create_run(session, spec, target)
+    session.commit()
+    # Enqueue only after the commit, so a worker never receives an id it cannot read yet.
+    queue.enqueue_run(run.id, target)
+    response.headers["Location"] = f"/v1/runs/{run.id}"
+    return RunCreated(id=run.id, status=RunStatus.queued)
+
+
+@router.get("", response_model=RunsPublic)
+def list_runs(
+    session: SessionDep,
+    status: RunStatus | None = None,
+    dataset: Annotated[str | None, Query(max_length=520, description="Dataset name, or file:<path>.")] = None,
+    optimizer: Annotated[str | None, Query(max_length=16)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunsPublic:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    try:
+        rows, next_cursor = store.list_runs(
+            session, limit=limit, status=status, dataset=dataset, optimizer=optimizer, cursor=cursor
+        )
+    except ValueError as exc:
+        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    return RunsPublic(data=[store.to_public(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+def get_run(run: RunDep) -> RunPublic:
+    return store.to_public(run)
+
+
+@router.get(
+    "/{run_id}/curves",
+    response_model=Curves,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+)
+def get_curves(run: RunDep, session: SessionDep, format: Literal["json", "csv"] = "json") -> Curves | PlainTextResponse:
+    """Per-epoch train/val loss and accuracy and the lr in force; epochs count from 1."""
+    pts = store.points(session, run.id)
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(pts)
+        return PlainTextResponse(out.getvalue(), media_type="text/csv")
+    return Curves.model_validate({"run_id": run.id, "points": pts, "n_raw": len(pts), "n_returned": len(pts)})
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic)
+def cancel_run(run: RunDep, session: SessionDep) -> RunPublic:
+    """A queued run is cancelled at once; a running one stops at the end of its current epoch."""
+    if RunStatus(run.status).is_finished():
+        raise ApiError(409, ["path", "run_id"], f"run is already {run.status}", "conflict")
+    store.request_cancel(session, run)
+    session.commit()
+    return store.to_public(run)

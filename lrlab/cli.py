@@ -1,0 +1,135 @@
+"""The `lrlab` command: run the embedded service, the api, a worker, or migrate the database."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from lrlab.settings import get_settings
+
+log = logging.getLogger("lrlab")
+
+
+def _gpu_present() -> bool:
+    # Asked in a child process: the worker's parent must not initialise CUDA before Celery forks.
+    probe = "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], timeout=120, capture_output=True).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from lrlab.migrate import upgrade
+
+    get_settings().ensure_dirs()
+    upgrade(revision=args.revision)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    queues = args.queues or ("gpu,cpu" if _gpu_present() else "cpu")
+    pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
+    os.environ.setdefault("LRLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // args.concurrency)))
+    from worker.app import app
+
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={args.concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname=lrlab-{queues.replace(',', '-')}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    if settings.is_embedded_db:
+        from lrlab.migrate import upgrade
+
+        settings.ensure_dirs()
+        upgrade()
+    uvicorn.run("api.main:app", host=args.host, port=args.port, log_level=args.loglevel.lower())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """API and one worker on this machine; with no LRLAB_* URLs set, no servers are needed at all."""
+    import uvicorn
+
+    from lrlab.migrate import upgrade
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lrlab.cli", "worker", "--concurrency", "1", "--loglevel", args.loglevel],
+        env={**os.environ, "LRLAB_DATA_DIR": str(settings.data_dir)},
+    )
+    print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs", flush=True)
+    try:
+        uvicorn.run("api.main:app", host=args.host, port=args.port, log_level=args.loglevel.lower())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def served(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--loglevel", default="INFO")
+
+    up = sub.add_parser("up", help="API and a worker on this machine (embedded default: no servers).")
+    served(up)
+    up.set_defaults(func=cmd_up)
+
+    api = sub.add_parser("api", help="Serve the HTTP API.")
+    served(api)
+    api.set_defaults(func=cmd_api)
+
+    wk = sub.add_parser("worker", help="Run a Celery worker.")
+    wk.add_argument("--queues", help="Comma-separated; default gpu,cpu with a GPU, else cpu.")
+    wk.add_argument("--concurrency", type=int, default=1)
+    wk.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Default solo for 1, else prefork.")
+    wk.add_argument("--loglevel", default="INFO")
+    wk.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="Database schema (Alembic).")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up_db = dbsub.add_parser("upgrade", help="Migrate to the newest schema.")
+    up_db.add_argument("revision", nargs="?", default="head")
+    up_db.set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "loglevel", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

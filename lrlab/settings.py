@@ -1,0 +1,72 @@
+"""Service settings: one pydantic-settings object, read once from LRLAB_* environment variables."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the api and the worker read from the environment.
+
+    With nothing set, the service runs embedded: a SQLite database and a SQLite-backed
+    Celery transport under ``data_dir``; no Postgres, no Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LRLAB_", extra="ignore")
+
+    data_dir: Path = Field(Path(".lrlab"), description="Where the embedded database, broker and files live.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+    broker_url: str = Field("", description="Celery broker URL; empty means a SQLite transport under data_dir.")
+    dataset_root: Path | None = Field(
+        None, description="Folder of users' own dataset files; default data_dir/datasets."
+    )
+    environment: str = Field("development", description="development | production")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker reports it is alive.")
+    heartbeat_ttl_seconds: float = Field(30.0, gt=0, description="A worker silent this long counts as gone.")
+    broker_timeout_seconds: float = Field(3.0, gt=0, description="How long the API waits on the broker.")
+    torch_threads: int = Field(0, ge=0, description="Torch threads per worker process; 0 = cores / concurrency.")
+    log_level: str = "INFO"
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'lrlab.db'}"
+        elif self.database_url.startswith(("postgres://", "postgresql://")):
+            # psycopg 3 is the driver we ship; plain postgres URLs would pick psycopg2.
+            self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.dataset_root is None:
+            self.dataset_root = self.data_dir / "datasets"
+        self.dataset_root = self.dataset_root.expanduser().resolve()
+        if self.environment == "production" and (self.is_embedded_db or self.is_embedded_broker):
+            raise ValueError("production needs LRLAB_DATABASE_URL and LRLAB_BROKER_URL (Postgres, Redis)")
+        return self
+
+    @property
+    def is_embedded_db(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("sqla+sqlite")
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        assert self.dataset_root is not None
+        self.dataset_root.mkdir(parents=True, exist_ok=True)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

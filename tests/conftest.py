@@ -1,0 +1,188 @@
+"""Shared fixtures: a private Postgres database and Redis db number per test run, a real worker process.
+
+Service tests talk to real Postgres and Redis. Outside CI they are skipped when either is missing;
+under CI (CI=true) a missing service fails the run loudly instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+PG_ADMIN_URL = os.environ.get("LRLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("LRLAB_TEST_REDIS", "redis://127.0.0.1:6379")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pg_ok() -> str | None:
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+        return None
+    except Exception as exc:
+        return f"Postgres at {PG_ADMIN_URL}: {exc}"
+
+
+def _redis_ok() -> str | None:
+    try:
+        redis.Redis.from_url(f"{REDIS_HOST}/0", socket_connect_timeout=3).ping()
+        return None
+    except Exception as exc:
+        return f"Redis at {REDIS_HOST}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    problems = [p for p in (_pg_ok(), _redis_ok()) if p]
+    if problems:
+        if os.environ.get("CI") == "true":
+            pytest.exit("CI needs real services, missing: " + "; ".join(problems), returncode=3)
+        pytest.skip("service unavailable: " + "; ".join(problems))
+
+
+@pytest.fixture(scope="session")
+def pg_url(services: None) -> Iterator[str]:
+    name = f"lrlab_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: None) -> Iterator[str]:
+    """Claim a free Redis db number (1..15) for this run with a lock key in db 0."""
+    admin = redis.Redis.from_url(f"{REDIS_HOST}/0")
+    token = uuid.uuid4().hex
+    for db in range(1, 16):
+        if admin.set(f"lrlab-test-lock:{db}", token, nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("no free Redis db number for this test run")
+    url = f"{REDIS_HOST}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+    if admin.get(f"lrlab-test-lock:{db}") == token.encode():
+        admin.delete(f"lrlab-test-lock:{db}")
+
+
+@pytest.fixture(scope="session")
+def service_env(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Point this process (and the workers it starts) at the private database and broker."""
+    data_dir = tmp_path_factory.mktemp("lrlab-data")
+    env = {
+        "LRLAB_DATABASE_URL": pg_url,
+        "LRLAB_BROKER_URL": redis_url,
+        "LRLAB_DATA_DIR": str(data_dir),
+        "LRLAB_HEARTBEAT_SECONDS": "1",
+        "LRLAB_HEARTBEAT_TTL_SECONDS": "5",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    _reset()
+    from lrlab.migrate import upgrade
+
+    upgrade()
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _reset()
+
+
+def _reset() -> None:
+    from lrlab import db, queue
+
+    db.reset_caches()
+    queue.reset_client()
+
+
+def start_worker(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "lrlab.cli", "worker", "--loglevel", "INFO", *args]
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def live_workers(queue_name: str) -> int:
+    from sqlalchemy import select
+
+    from lrlab.db import session_scope
+    from lrlab.models import WorkerHeartbeat
+
+    with session_scope() as s:
+        return sum(queue_name in q.split(",") for q in s.scalars(select(WorkerHeartbeat.queues)))
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    """One real CPU worker process for the whole run (solo pool, like `lrlab worker`)."""
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    proc = start_worker(service_env, "--queues", "cpu", log=log)
+    try:
+        wait_for(lambda: live_workers("cpu") or proc.poll() is not None, 60, "the worker's heartbeat")
+        if proc.poll() is not None:
+            pytest.fail("worker exited:\n" + log.read_text()[-4000:])
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def api_client(service_env: dict[str, str]) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def wait_run(client: Any, run_id: str, timeout: float = 60, until: Callable[[dict], bool] | None = None) -> dict:
+    """Poll GET /v1/runs/{id} until it is finished (or `until` holds)."""
+    done = until or (lambda r: r["status"] not in ("queued", "running"))
+
+    def check() -> dict | None:
+        body = client.get(f"/v1/runs/{run_id}").json()
+        return body if done(body) else None
+
+    return wait_for(check, timeout, f"run {run_id}", interval=0.1)

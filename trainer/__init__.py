@@ -1,0 +1,75 @@
+"""lrlab's training core: configs in, curves out; pure PyTorch, usable from a notebook without the service."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
+from trainer.schedules import SCHEDULES, lr_at
+
+if TYPE_CHECKING:
+    from trainer.data import DATASETS, load_dataset
+    from trainer.loop import (
+        Checkpoint,
+        EpochPoint,
+        TrainResult,
+        checkpoint_from_bytes,
+        checkpoint_to_bytes,
+        resolve_device,
+        train,
+    )
+    from trainer.models import MODELS, build_model
+    from trainer.optim import OPTIMIZERS, build_optimizer
+
+# The configs and schedules are plain Python; everything else imports torch (about a second and a
+# half), so it loads on first use and `from trainer import RunConfig` stays cheap.
+_LAZY = {
+    "DATASETS": "trainer.data",
+    "load_dataset": "trainer.data",
+    "Checkpoint": "trainer.loop",
+    "checkpoint_from_bytes": "trainer.loop",
+    "checkpoint_to_bytes": "trainer.loop",
+    "EpochPoint": "trainer.loop",
+    "TrainResult": "trainer.loop",
+    "resolve_device": "trainer.loop",
+    "train": "trainer.loop",
+    "MODELS": "trainer.models",
+    "build_model": "trainer.models",
+    "OPTIMIZERS": "trainer.optim",
+    "build_optimizer": "trainer.optim",
+}
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Checkpoint",
+    "DatasetConfig",
+    "DivergenceConfig",
+    "EpochPoint",
+    "ModelConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainResult",
+    "build_model",
+    "build_optimizer",
+    "checkpoint_from_bytes",
+    "checkpoint_to_bytes",
+    "load_dataset",
+    "lr_at",
+    "resolve_device",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

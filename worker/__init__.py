@@ -1,0 +1,1 @@
+"""The Celery worker: thin tasks that load rows, call the trainer and persist each epoch."""

@@ -1,0 +1,68 @@
+"""The worker's Celery app: shared config plus the tasks, and a heartbeat that says which queues are served."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import signals
+from celery.apps.worker import Worker
+from sqlalchemy import delete
+
+from lrlab.db import session_scope
+from lrlab.models import WorkerHeartbeat, utcnow
+from lrlab.queue import GPU_QUEUE, make_celery
+from lrlab.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+app = make_celery(name="lrlab-worker")
+app.conf.include = ["worker.tasks"]
+
+_stop = threading.Event()
+
+
+def _beat(hostname: str, queues: list[str]) -> None:
+    has_gpu = GPU_QUEUE in queues
+    with session_scope() as session:
+        row = session.get(WorkerHeartbeat, hostname)
+        if row is None:
+            session.add(
+                WorkerHeartbeat(
+                    hostname=hostname, queues=",".join(queues), has_gpu=has_gpu, device_name=None, last_seen_at=utcnow()
+                )
+            )
+        else:
+            row.queues, row.has_gpu, row.last_seen_at = ",".join(queues), has_gpu, utcnow()
+
+
+def _heartbeat_loop(hostname: str, queues: list[str]) -> None:
+    interval = get_settings().heartbeat_seconds
+    while not _stop.is_set():
+        try:
+            _beat(hostname, queues)
+        except Exception:  # the database may be briefly away; the next beat tries again
+            log.warning("heartbeat failed", exc_info=True)
+        _stop.wait(interval)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: object, **_: object) -> None:
+    consumer = getattr(sender, "consumer", None) or sender
+    queues = sorted(q.name for q in consumer.app.amqp.queues.consume_from.values())  # type: ignore[attr-defined,union-attr]
+    hostname = getattr(sender, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}"
+    threading.Thread(target=_heartbeat_loop, args=(hostname, queues), name="lrlab-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender: Worker | None = None, **_: object) -> None:
+    _stop.set()
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        try:
+            with session_scope() as session:
+                session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.hostname == hostname))
+        except Exception:
+            log.warning("could not remove heartbeat of %s", hostname, exc_info=True)

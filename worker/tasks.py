@@ -1,0 +1,25 @@
+"""Tasks: ids in, the real work in worker.execute (and below it trainer/ and lrlab/)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import OperationalError
+
+from lrlab.queue import TRAIN_RUN
+from worker.app import app
+
+
+@app.task(
+    name=TRAIN_RUN,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=8,
+)
+def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    # Imported here, not at module top: the prefork parent must never initialise torch (fork-unsafe).
+    from worker.execute import execute_run
+
+    execute_run(run_id, worker=self.request.hostname or "worker")
