@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import catalog, health, runs
+from api.routes import catalog, compare, experiments, health, lr_finder, runs
 from lrlab import __version__
 
 
@@ -19,6 +19,9 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(runs.router)
+    app.include_router(experiments.router)
+    app.include_router(compare.router)
+    app.include_router(lr_finder.router)
     return app
 
 

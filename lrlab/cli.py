@@ -36,7 +36,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     queues = args.queues or ("gpu,cpu" if _gpu_present() else "cpu")
     pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
-    os.environ.setdefault("LRLAB_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // args.concurrency)))
     from worker.app import app
 
     argv = [

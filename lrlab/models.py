@@ -1,4 +1,4 @@
-"""Tables: run, curve_point, worker_heartbeat (SQLAlchemy 2.0 typed models)."""
+"""Tables: run, curve_point, experiment, lr_finder, worker_heartbeat (SQLAlchemy 2.0 typed models)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,40 @@ class Run(Base):
     summary: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    experiment_id: Mapped[str | None] = mapped_column(ForeignKey("experiment.id", ondelete="CASCADE"), index=True)
+    # The grid values this run was made from, e.g. {"optimizer": "adam", "lr": 0.001, "seed": 0}.
+    params: Mapped[dict[str, Any] | None]
+
+
+class Experiment(Base):
+    """A grid: the cartesian product of its lists became one run per cell."""
+
+    __tablename__ = "experiment"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    base: Mapped[dict[str, Any]]
+    grid: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LrFinder(Base):
+    """A learning-rate range test job: one sweep of exponentially growing lrs on the workers."""
+
+    __tablename__ = "lr_finder"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    # points, suggested_lr, rule, suggested_grid, stopped_early, reason, n_parameters, seconds
+    result: Mapped[dict[str, Any] | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200))
 
 

@@ -12,6 +12,7 @@ from lrlab.models import WorkerHeartbeat, utcnow
 from lrlab.settings import Settings, get_settings
 
 TRAIN_RUN = "lrlab.train_run"
+FIND_LR = "lrlab.find_lr"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 
@@ -91,3 +92,7 @@ def reset_client() -> None:
 
 def enqueue_run(run_id: str, queue: str) -> None:
     client().send_task(TRAIN_RUN, args=[run_id], queue=queue)
+
+
+def enqueue_lr_finder(job_id: str, queue: str) -> None:
+    client().send_task(FIND_LR, args=[job_id], queue=queue)

@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker reports it is alive.")
     heartbeat_ttl_seconds: float = Field(30.0, gt=0, description="A worker silent this long counts as gone.")
     broker_timeout_seconds: float = Field(3.0, gt=0, description="How long the API waits on the broker.")
-    torch_threads: int = Field(0, ge=0, description="Torch threads per worker process; 0 = cores / concurrency.")
+    progress_flush_seconds: float = Field(
+        0.5, ge=0, le=60, description="Epoch points are committed at most this often (a longer epoch: as it ends)."
+    )
+    # One thread per run: the small models this service trains spend more on thread hand-offs than they gain,
+    # and an idle OpenMP thread spins on a core other runs need; scale CPU work with --concurrency instead.
+    torch_threads: int = Field(1, ge=0, description="Torch threads per run; 0 leaves torch's default (all cores).")
     log_level: str = "INFO"
 
     @field_validator("database_url", "broker_url")

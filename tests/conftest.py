@@ -6,7 +6,9 @@ under CI (CI=true) a missing service fails the run loudly instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,7 +145,8 @@ def live_workers(queue_name: str) -> int:
         return sum(queue_name in q.split(",") for q in s.scalars(select(WorkerHeartbeat.queues)))
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL for the whole process group (started with start_new_session) so no child lingers."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -151,6 +154,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         resolve_device,
         train,
     )
+    from trainer.lr_finder import LrFinderResult, LrPoint, lr_range_test
     from trainer.models import MODELS, build_model
     from trainer.optim import OPTIMIZERS, build_optimizer
 
@@ -34,6 +35,9 @@ _LAZY = {
     "TrainResult": "trainer.loop",
     "resolve_device": "trainer.loop",
     "train": "trainer.loop",
+    "LrFinderResult": "trainer.lr_finder",
+    "LrPoint": "trainer.lr_finder",
+    "lr_range_test": "trainer.lr_finder",
     "MODELS": "trainer.models",
     "build_model": "trainer.models",
     "OPTIMIZERS": "trainer.optim",
@@ -49,6 +53,8 @@ __all__ = [
     "DatasetConfig",
     "DivergenceConfig",
     "EpochPoint",
+    "LrFinderResult",
+    "LrPoint",
     "ModelConfig",
     "OptimizerConfig",
     "RunConfig",
@@ -60,6 +66,7 @@ __all__ = [
     "checkpoint_to_bytes",
     "load_dataset",
     "lr_at",
+    "lr_range_test",
     "resolve_device",
     "train",
 ]

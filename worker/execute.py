@@ -6,15 +6,16 @@ import logging
 import traceback
 from dataclasses import asdict
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 import trainer
+from lrlab.analysis import summarize
 from lrlab.db import session_scope
 from lrlab.models import Run, utcnow
 from lrlab.schemas import RunStatus
-from lrlab.schemas.runs import summarize
 from lrlab.settings import get_settings
-from lrlab.store import points, upsert_point
+from lrlab.store import points
+from worker.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,7 @@ def execute_run(run_id: str, worker: str) -> None:
         log.info("run %s is not queued any more; skipping", run_id)
         return
     _set_threads()
-    cancelled = False
-
-    def on_epoch(point: trainer.EpochPoint) -> None:
-        nonlocal cancelled
-        with session_scope() as session:
-            upsert_point(session, run_id, asdict(point))
-            cancelled = bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
-
+    progress = ProgressWriter(run_id, flush_seconds=get_settings().progress_flush_seconds)
     try:
         config = trainer.RunConfig.from_spec(spec)
         device = trainer.resolve_device(spec.get("device", "auto"))
@@ -73,10 +67,15 @@ def execute_run(run_id: str, worker: str) -> None:
             config,
             device=device,
             data_root=get_settings().dataset_root,
-            on_epoch=on_epoch,
-            should_stop=lambda: cancelled,
+            on_epoch=lambda point: progress.put_point(asdict(point)),
+            should_stop=progress.cancel_requested.is_set,
         )
+        progress.close()
     except Exception as exc:
+        try:
+            progress.close()
+        except RuntimeError:
+            log.warning("progress of run %s was not fully recorded", run_id, exc_info=True)
         log.exception("run %s failed", run_id)
         _finish(run_id, status=RunStatus.failed.value, error=f"{type(exc).__name__}: {exc}"[:4000])
         log.debug("%s", traceback.format_exc())

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from api.deps import RunDep, SessionDep
 from api.errors import ApiError
-from lrlab import queue, store
+from lrlab import analysis, queue, store
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -60,16 +60,25 @@ def get_run(run: RunDep) -> RunPublic:
     response_model=Curves,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
 )
-def get_curves(run: RunDep, session: SessionDep, format: Literal["json", "csv"] = "json") -> Curves | PlainTextResponse:
-    """Per-epoch train/val loss and accuracy and the lr in force; epochs count from 1."""
-    pts = store.points(session, run.id)
+def get_curves(
+    run: RunDep,
+    session: SessionDep,
+    format: Literal["json", "csv"] = "json",
+    max_points: Annotated[
+        int | None, Query(ge=2, le=100_000, description="Downsample to at most this many points (says so).")
+    ] = None,
+) -> Curves | PlainTextResponse:
+    """Per-epoch train/val loss and accuracy and the lr in force; epochs count from 1; whole unless max_points."""
+    raw = store.points(session, run.id)
+    pts, info = analysis.downsample(raw, max_points) if max_points else (raw, None)
     if format == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(pts)
         return PlainTextResponse(out.getvalue(), media_type="text/csv")
-    return Curves.model_validate({"run_id": run.id, "points": pts, "n_raw": len(pts), "n_returned": len(pts)})
+    sampling = info.model_dump() if info else {"n_raw": len(pts), "n_returned": len(pts)}
+    return Curves.model_validate({"run_id": run.id, "points": pts, **sampling})
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)

@@ -63,6 +63,8 @@ class RunPublic(BaseModel):
     device: str | None = Field(None, description="The device the run trained on.")
     n_parameters: int | None = None
     label: str | None = None
+    experiment_id: str | None = None
+    params: dict[str, Any] | None = Field(None, description="The grid values this run was made from.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -83,22 +85,3 @@ class Curves(BaseModel):
     method: str | None = None
     n_raw: int = 0
     n_returned: int = 0
-
-
-def summarize(points: list[dict[str, Any]], *, target: float | None = None, **extra: Any) -> RunSummary:
-    """Summary numbers of a curve; points are CurvePoint-shaped dicts in epoch order."""
-    accs = [(p["val_accuracy"], p["epoch"]) for p in points if p.get("val_accuracy") is not None]
-    losses = [p["val_loss"] for p in points if p.get("val_loss") is not None]
-    best = max(accs, key=lambda a: (a[0], -a[1]), default=None)
-    reached = next((e for a, e in accs if target is not None and a >= target), None)
-    return RunSummary(
-        epochs_completed=len(points),
-        best_val_accuracy=best[0] if best else None,
-        best_epoch=best[1] if best else None,
-        final_val_accuracy=points[-1].get("val_accuracy") if points else None,
-        final_val_loss=points[-1].get("val_loss") if points else None,
-        min_val_loss=min(losses, default=None),
-        seconds=sum(p.get("seconds") or 0.0 for p in points),
-        epochs_to_target=reached,
-        **extra,
-    )

@@ -10,6 +10,7 @@ MAX_LR = 1000.0
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 BUILTIN_DATASETS = ("digits", "mnist1d", "spirals", "blobs")
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class Strict(BaseModel):
@@ -275,7 +276,7 @@ class RunSpec(Strict):
     epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = Field("auto", description="auto: a GPU worker when one is live, else CPU.")
     divergence: DivergenceSpec = Field(default_factory=lambda: DivergenceSpec())
     patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Early stopping on val_loss.")
 
@@ -288,6 +289,15 @@ class RunSpec(Strict):
     @classmethod
     def _schedule_default(cls, value: Any) -> Any:
         return {"kind": "constant"} if value is None else value
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> RunSpec:
+        if self.schedule.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than epochs ({self.epochs}):"
+                " the schedule itself would never start"
+            )
+        return self
 
     def to_json(self) -> dict[str, Any]:
         """The canonical stored form: every default filled in, plain JSON types."""

@@ -1,0 +1,249 @@
+"""Charts of run curves and lr-finder sweeps as deterministic SVG or PNG bytes (matplotlib, imported when drawing)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CHART_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "lr")
+METRIC_NAMES = {
+    "val_accuracy": "validation accuracy",
+    "val_loss": "validation loss",
+    "train_accuracy": "training accuracy",
+    "train_loss": "training loss",
+    "lr": "learning rate",
+}
+ACCURACY_METRICS = ("val_accuracy", "train_accuracy")
+LOSS_METRICS = ("val_loss", "train_loss")
+LOG_METRICS = (*LOSS_METRICS, "lr")
+Format = Literal["svg", "png"]
+FIGSIZE = (8.0, 5.0)  # inches; PNGs are 800 x 500 pixels at DPI
+DPI = 100
+MARGIN = 0.05  # of the data range, above and below
+LOSS_CAP = 10.0  # a loss axis stops at this many times the largest first-epoch loss
+LR_FINDER_CAP = 4.0  # ... an lr-finder axis at this many times the minimum smoothed loss (or the first loss)
+# matplotlib's global state (rcParams, font caches) is not thread-safe and the API renders from a thread pool.
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run's curve on a chart: points are CurvePoint-shaped dicts, None values are gaps."""
+
+    label: str
+    status: str
+    points: Sequence[Mapping[str, Any]]
+    diverged_at: int | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None or self.status == "diverged"
+
+
+def _plottable(value: Any, log_scale: bool) -> float:
+    """The value as a float, or NaN (a gap in the line) when missing, not finite or not positive on a log axis."""
+    if value is None or not math.isfinite(value) or (log_scale and value <= 0):
+        return math.nan
+    return float(value)
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _pad(lo: float, hi: float, log_scale: bool) -> tuple[float, float]:
+    """Limits MARGIN of the range wider than [lo, hi] (in decades on a log axis); never below 0 for data >= 0."""
+    if log_scale:
+        span = math.log10(hi / lo) or 1.0
+        return lo / 10 ** (MARGIN * span), hi * 10 ** (MARGIN * span)
+    span = (hi - lo) or abs(hi) or 1.0
+    return (max(lo - MARGIN * span, 0.0) if lo >= 0 else lo - MARGIN * span), hi + MARGIN * span
+
+
+def loss_limits(series: Sequence[Series], metric: str, *, log_scale: bool = False) -> tuple[float, float] | None:
+    """y-limits of a loss chart that diverged runs cannot wreck; None when there is nothing finite to show.
+
+    Limits come from the non-diverged series (all series when every one diverged), padded by MARGIN, and the
+    top never exceeds LOSS_CAP times the largest first loss, so a blown-up value stays off the chart.
+    """
+    chosen = [s for s in series if not s.diverged]
+    curves = [[_plottable(p.get(metric), log_scale) for p in s.points] for s in chosen]
+    curves = [[v for v in c if not math.isnan(v)] for c in curves]
+    if not any(curves):
+        curves = [
+            [v for v in (_plottable(p.get(metric), log_scale) for p in s.points) if not math.isnan(v)] for s in series
+        ]
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    values = [v for c in curves for v in c]
+    cap = LOSS_CAP * max(abs(c[0]) for c in curves)
+    lo, hi = min(values), min(max(values), cap)
+    return _pad(lo, max(hi, lo), log_scale)
+
+
+def lr_finder_limits(points: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """y-limits of an lr-finder chart, robust to the exploding tail; None when no loss is finite."""
+    losses = [v for p in points if not math.isnan(v := _plottable(p.get("loss"), False))]
+    smoothed = [v for p in points if not math.isnan(v := _plottable(p.get("smoothed_loss"), False))]
+    values = losses + smoothed
+    if not values:
+        return None
+    caps = [LR_FINDER_CAP * min(smoothed)] if smoothed else []
+    caps += [losses[0]] if losses else []
+    lo, hi = min(values), min(max(values), max(caps))
+    return _pad(lo, max(hi, lo), False)
+
+
+def _check(metric: str | None, fmt: str | None, log_scale: bool = False) -> None:
+    if metric is not None and metric not in CHART_METRICS:
+        raise ValueError(f"Unknown chart metric: {metric!r} (expected one of {', '.join(CHART_METRICS)})")
+    if log_scale and metric not in LOG_METRICS:
+        raise ValueError(f"A log scale applies to {', '.join(LOG_METRICS)}, not {metric!r}")
+    if fmt is not None and fmt not in ("svg", "png"):
+        raise ValueError(f"Unknown chart format: {fmt!r} (expected svg or png)")
+
+
+def draw_runs_chart(
+    series: Sequence[Series], metric: str, *, log_scale: bool = False, title: str | None = None
+) -> Figure:
+    """One line per series (x = epoch); line i has gid "series-i", a diverged series' last finite point an "x"."""
+    _check(metric, None, log_scale)
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ends: list[tuple[int, float, float, Any]] = []  # (series, epoch, value, colour) of diverged runs' last points
+    for i, s in enumerate(series):
+        xs = [int(p["epoch"]) for p in s.points]
+        ys = [_plottable(p.get(metric), log_scale) for p in s.points]
+        label = s.label
+        if s.diverged:
+            label += f" (diverged @ epoch {s.diverged_at})" if s.diverged_at is not None else " (diverged)"
+        # Markers keep a curve of one or a few epochs visible.
+        marker = "o" if len(xs) <= 20 else None
+        (line,) = ax.plot(xs, ys, label=label, gid=f"series-{i}", linewidth=1.5, marker=marker, markersize=3)
+        finite = [j for j, y in enumerate(ys) if not math.isnan(y)]
+        if s.diverged and finite:
+            ends.append((i, xs[finite[-1]], ys[finite[-1]], line.get_color()))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(METRIC_NAMES[metric])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if log_scale:
+        ax.set_yscale("log")
+    if metric in ACCURACY_METRICS:
+        ax.set_ylim(0.0, 1.0)
+    elif metric in LOSS_METRICS and (limits := loss_limits(series, metric, log_scale=log_scale)) is not None:
+        ax.set_ylim(*limits)
+    bottom, top = ax.get_ylim()
+    for i, x, y, color in ends:
+        # A blown-up last value would be off the chart: pin its mark to the edge it left by.
+        ax.plot(
+            [x],
+            [min(max(y, bottom), top)],
+            linestyle="none",
+            marker="x",
+            markersize=10,
+            markeredgewidth=2,
+            color=color,
+            clip_on=False,
+            gid=f"diverged-{i}",
+            label="_nolegend_",
+        )
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def draw_lr_finder_chart(
+    points: Sequence[Mapping[str, Any]], suggested_lr: float | None, *, title: str | None = None
+) -> Figure:
+    """Loss and smoothed loss against lr on a log axis, with a dashed line at the suggested lr."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    shown = [p for p in points if _positive(p.get("lr"))]  # a log axis has no place for lr <= 0
+    lrs = [float(p["lr"]) for p in shown]
+    ax.plot(lrs, [_plottable(p.get("loss"), False) for p in shown], label="loss", gid="loss", alpha=0.4)
+    ax.plot(lrs, [_plottable(p.get("smoothed_loss"), False) for p in shown], label="smoothed loss", gid="smoothed")
+    if suggested_lr is not None and _positive(suggested_lr):
+        ax.axvline(
+            suggested_lr,
+            color="tab:red",
+            linestyle="--",
+            gid="suggested-lr",
+            label=f"suggested lr = {suggested_lr:.3g}",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    if (limits := lr_finder_limits(shown)) is not None:
+        ax.set_ylim(*limits)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@contextlib.contextmanager
+def _rendering() -> Iterator[None]:
+    """Serialize drawing, from matplotlib's defaults (not a user's matplotlibrc), with fixed SVG ids and glyphs."""
+    import matplotlib
+    import matplotlib.style
+
+    with (
+        _LOCK,
+        matplotlib.style.context("default"),
+        matplotlib.rc_context({"svg.hashsalt": "lrlab", "svg.fonttype": "path"}),
+    ):
+        yield
+
+
+def _to_bytes(fig: Figure, fmt: Format) -> bytes:
+    """Same figure, same bytes: no dates or versions in the metadata."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    out = io.BytesIO()
+    if fmt == "svg":
+        fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
+    else:
+        fig.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+    return out.getvalue()
+
+
+def render_runs_chart(
+    series: Sequence[Series],
+    metric: str,
+    *,
+    fmt: Format,
+    log_scale: bool = False,
+    title: str | None = None,
+) -> bytes:
+    """A chart of `metric` per epoch for each series, as SVG or PNG bytes; ValueError for an unknown metric."""
+    _check(metric, fmt, log_scale)
+    with _rendering():
+        return _to_bytes(draw_runs_chart(series, metric, log_scale=log_scale, title=title), fmt)
+
+
+def render_lr_finder_chart(
+    points: Sequence[Mapping[str, Any]], suggested_lr: float | None, *, fmt: Format, title: str | None = None
+) -> bytes:
+    """An lr-finder sweep (points with lr, loss, smoothed_loss) as SVG or PNG bytes."""
+    _check(None, fmt)
+    with _rendering():
+        return _to_bytes(draw_lr_finder_chart(points, suggested_lr, title=title), fmt)

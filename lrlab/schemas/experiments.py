@@ -1,0 +1,166 @@
+"""Experiments (grids of runs) and learning-rate range tests: requests and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from lrlab.schemas.runs import RunStatus
+from lrlab.schemas.spec import (
+    MAX_BATCH_SIZE,
+    AdamSpec,
+    DatasetRef,
+    Device,
+    Lr,
+    MlpSpec,
+    ModelSpec,
+    OptimizerSpec,
+    RunSpec,
+    ScheduleSpec,
+    Strict,
+)
+
+MAX_GRID_CELLS = 256
+
+
+class Grid(Strict):
+    """Lists to combine; the cartesian product becomes one run per cell (at most 256 cells)."""
+
+    optimizer: list[OptimizerSpec] | None = Field(
+        None, min_length=1, max_length=16, description="Optimizer objects, each with or without its own lr."
+    )
+    lr: list[Lr] | None = Field(None, min_length=1, max_length=64, description="Lands in each cell's optimizer.lr.")
+    schedule: list[ScheduleSpec] | None = Field(None, min_length=1, max_length=16)
+    seed: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, min_length=1, max_length=64, description="Replicates: the compare view aggregates over seeds."
+    )
+    batch_size: list[Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]] | None = Field(None, min_length=1, max_length=16)
+
+    def axes(self) -> dict[str, list[Any]]:
+        return {k: v for k, v in ((k, getattr(self, k)) for k in type(self).model_fields) if v is not None}
+
+    def cells(self) -> int:
+        n = 1
+        for values in self.axes().values():
+            n *= len(values)
+        return n
+
+
+class ExperimentCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    base: RunSpec = Field(default_factory=RunSpec, description="A run spec; the grid's values replace its fields.")
+    grid: Grid
+
+    @field_validator("grid")
+    @classmethod
+    def _cap(cls, grid: Grid) -> Grid:
+        if not grid.axes():
+            raise ValueError("the grid needs at least one list (optimizer, lr, schedule, seed or batch_size)")
+        if grid.cells() > MAX_GRID_CELLS:
+            raise ValueError(f"the grid has {grid.cells()} cells; at most {MAX_GRID_CELLS} are allowed")
+        return grid
+
+
+class ExperimentCreated(BaseModel):
+    id: str
+    runs: list[str] = Field(description="Member run ids, one per grid cell, in grid order.")
+
+
+class MemberRun(BaseModel):
+    id: str
+    status: RunStatus
+    label: str
+    params: dict[str, Any]
+
+
+class ExperimentPublic(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    base: RunSpec
+    grid: dict[str, Any]
+    status: str = Field(description="queued, running, or finished (every member finished).")
+    counts: dict[str, int] = Field(description="Member runs by status.")
+    runs: list[MemberRun]
+
+
+class ExperimentsPublic(BaseModel):
+    data: list[ExperimentPublic]
+    next_cursor: str | None = None
+
+
+# --- learning-rate range test -------------------------------------------------------------------
+
+
+class LrFinderCreate(Strict):
+    """Sweep lr exponentially from min_lr to max_lr over `steps` training steps; stop when the loss explodes."""
+
+    dataset: DatasetRef = Field(default_factory=lambda: DatasetRef(name="digits"))
+    model: ModelSpec = Field(default_factory=MlpSpec)
+    optimizer: OptimizerSpec = Field(
+        default_factory=lambda: AdamSpec(name="adam"), description="Its lr is ignored: the finder sweeps it."
+    )
+    min_lr: Lr = 1e-7
+    max_lr: Lr = 10.0
+    steps: int = Field(100, ge=10, le=10_000)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Device = "auto"
+    smoothing: float = Field(0.98, ge=0, lt=1, description="EMA coefficient of the smoothed loss.")
+    stop_factor: float = Field(4.0, gt=1, le=1e6, description="Stop when smoothed loss > factor x its minimum.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("max_lr")
+    @classmethod
+    def _range(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_lr")
+        if low is not None and value <= low:
+            raise ValueError(f"max_lr ({value:g}) must be greater than min_lr ({low:g})")
+        return value
+
+    def run_spec(self) -> dict[str, Any]:
+        """The run spec the trainer builds its model, data and optimizer from."""
+        return RunSpec(
+            dataset=self.dataset,
+            model=self.model,
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=self.device,
+        ).to_json()
+
+
+class LrPoint(BaseModel):
+    step: int
+    lr: float
+    loss: float | None
+    smoothed_loss: float | None
+
+
+class LrFinderPublic(BaseModel):
+    id: str
+    status: RunStatus
+    spec: LrFinderCreate
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    points: list[LrPoint] = Field(default_factory=list, description="One per step taken.")
+    suggested_lr: float | None = None
+    rule: str | None = Field(None, description="How suggested_lr was chosen.")
+    suggested_grid: list[float] = Field(default_factory=list, description="Feed to an experiment's grid.lr.")
+    stopped_early: bool = False
+    reason: str | None = None
+    n_parameters: int | None = None
+    seconds: float | None = None
+
+
+class LrFindersPublic(BaseModel):
+    data: list[LrFinderPublic]
+    next_cursor: str | None = None

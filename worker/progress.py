@@ -1,0 +1,132 @@
+"""Writes a run's epoch points from a background thread, so training never waits on the database.
+
+The trainer hands each point over as its epoch ends; the writer commits everything pending in one
+transaction (upserts keyed by run and epoch) and reads the run's cancel flag in the same round trip.
+Commits are at least `flush_seconds` apart: an epoch longer than that is committed as it ends, while
+epochs of a few milliseconds are committed in groups (a database round trip per 20 ms epoch, and the
+GIL hand-offs it causes, cost the training thread ~20%; see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
+
+from lrlab.db import get_engine
+from lrlab.store import cancel_requested, upsert_points
+
+log = logging.getLogger(__name__)
+
+_CLOSE = object()
+
+
+class ProgressWriter:
+    def __init__(
+        self, run_id: str, *, flush_seconds: float = 0.5, poll_seconds: float = 0.5, retry_seconds: float = 60.0
+    ) -> None:
+        self.run_id = run_id
+        self._flush_seconds = flush_seconds
+        self._poll_seconds = poll_seconds
+        self._last_write = 0.0
+        self.cancel_requested = threading.Event()
+        self._retry_seconds = retry_seconds
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._error: BaseException | None = None
+        self._conn: Connection | None = None  # held for the run: one checkout, not one per epoch
+        self._thread = threading.Thread(target=self._loop, name=f"progress-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def put_point(self, point: dict[str, Any]) -> None:
+        self._raise_if_failed()
+        self._queue.put(("point", point))
+
+    def put_action(self, action: Callable[[Any], None]) -> None:
+        """Run `action(connection)` in the writer's next transaction (e.g. save a checkpoint)."""
+        self._raise_if_failed()
+        self._queue.put(("action", action))
+
+    def close(self) -> None:
+        """Flush everything pending; re-raise a write that kept failing."""
+        self._queue.put(_CLOSE)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"could not record progress of run {self.run_id}") from self._error
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.debug("closing a broken connection failed", exc_info=True)
+            self._conn = None
+
+    def _loop(self) -> None:
+        closing = False
+        while not closing:
+            try:
+                batch = [self._queue.get(timeout=self._poll_seconds)]
+            except queue.Empty:
+                # nothing to write: still look for a cancel, so a long epoch ends on the request
+                batch = []
+                if self._error is None:
+                    self._write([])
+                continue
+            if batch[0] is not _CLOSE:
+                # wait out the flush interval (unless asked to close), gathering what arrives meanwhile
+                wait = self._last_write + self._flush_seconds - time.monotonic()
+                while wait > 0:
+                    try:
+                        batch.append(self._queue.get(timeout=wait))
+                    except queue.Empty:
+                        break
+                    if batch[-1] is _CLOSE:
+                        break
+                    wait = self._last_write + self._flush_seconds - time.monotonic()
+            while True:  # take whatever else is already waiting
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            closing = any(item is _CLOSE for item in batch)
+            items = [item for item in batch if item is not _CLOSE]
+            if self._error is None:
+                self._write(items)
+        self._drop_connection()
+
+    def _write(self, items: list[Any]) -> None:
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = get_engine().connect()
+                with self._conn.begin():
+                    upsert_points(self._conn, self.run_id, [p for kind, p in items if kind == "point"])
+                    for kind, action in items:
+                        if kind == "action":
+                            action(self._conn)
+                    if cancel_requested(self._conn, self.run_id):
+                        self.cancel_requested.set()
+                self._last_write = time.monotonic()
+                return
+            except OperationalError as exc:  # the database is briefly away: the writes are idempotent, retry
+                self._drop_connection()
+                if time.monotonic() > deadline:
+                    self._error = exc
+                    return
+                log.warning("progress write for run %s failed, retrying in %.1fs: %s", self.run_id, delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except BaseException as exc:
+                self._error = exc
+                return
