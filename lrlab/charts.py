@@ -27,6 +27,7 @@ LOG_METRICS = (*LOSS_METRICS, "lr")
 Format = Literal["svg", "png"]
 FIGSIZE = (8.0, 5.0)  # inches; PNGs are 800 x 500 pixels at DPI
 DPI = 100
+LINE_STYLES = ("-", "--", ":", "-.")
 MARGIN = 0.05  # of the data range, above and below
 LOSS_CAP = 10.0  # a loss axis stops at this many times the largest first-epoch loss
 LR_FINDER_CAP = 4.0  # ... an lr-finder axis at this many times the minimum smoothed loss (or the first loss)
@@ -42,6 +43,7 @@ class Series:
     status: str
     points: Sequence[Mapping[str, Any]]
     diverged_at: int | None = None
+    group: str | None = None  # replicates of one configuration (seeds) share a colour, not a line style
 
     @property
     def diverged(self) -> bool:
@@ -117,13 +119,22 @@ def draw_runs_chart(
 ) -> Figure:
     """One line per series (x = epoch); line i has gid "series-i", a diverged series' last finite point an "x"."""
     _check(metric, None, log_scale)
+    import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     ends: list[tuple[int, float, float, Any]] = []  # (series, epoch, value, colour) of diverged runs' last points
+    cmap = matplotlib.colormaps["tab10" if len({s.group or s.label for s in series}) <= 10 else "tab20"]
+    palette = [cmap(i) for i in range(cmap.N)]
+    colours: dict[str, Any] = {}
+    seen: dict[str, int] = {}
     for i, s in enumerate(series):
+        key = s.group or s.label
+        colour = colours.setdefault(key, palette[len(colours) % len(palette)])
+        style = LINE_STYLES[seen.get(key, 0) % len(LINE_STYLES)]
+        seen[key] = seen.get(key, 0) + 1
         xs = [int(p["epoch"]) for p in s.points]
         ys = [_plottable(p.get(metric), log_scale) for p in s.points]
         label = s.label
@@ -131,7 +142,17 @@ def draw_runs_chart(
             label += f" (diverged @ epoch {s.diverged_at})" if s.diverged_at is not None else " (diverged)"
         # Markers keep a curve of one or a few epochs visible.
         marker = "o" if len(xs) <= 20 else None
-        (line,) = ax.plot(xs, ys, label=label, gid=f"series-{i}", linewidth=1.5, marker=marker, markersize=3)
+        (line,) = ax.plot(
+            xs,
+            ys,
+            label=label,
+            gid=f"series-{i}",
+            linewidth=1.5,
+            marker=marker,
+            markersize=3,
+            color=colour,
+            linestyle=style,
+        )
         finite = [j for j, y in enumerate(ys) if not math.isnan(y)]
         if s.diverged and finite:
             ends.append((i, xs[finite[-1]], ys[finite[-1]], line.get_color()))

@@ -103,5 +103,8 @@ def chart(
     for run in runs:
         spec = RunSpec.model_validate(run.spec)
         diverged_at = (run.summary or {}).get("diverged_at")
-        series.append(charts.Series(run.label or spec_label(spec), run.status, by_run.get(run.id, []), diverged_at))
+        group = (run.params or {}).get("config") or spec_label(spec, with_seed=False)
+        series.append(
+            charts.Series(run.label or spec_label(spec), run.status, by_run.get(run.id, []), diverged_at, group)
+        )
     return charts.render_runs_chart(series, metric, fmt=fmt, log_scale=log_scale, title=title)  # type: ignore[arg-type]

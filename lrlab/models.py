@@ -1,4 +1,4 @@
-"""Tables: run, curve_point, experiment, lr_finder, worker_heartbeat (SQLAlchemy 2.0 typed models)."""
+"""Tables: runs and their curves and checkpoints, experiments, lr-finder jobs, keys, idempotency, workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -25,6 +38,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The owner of everything made while keys are not required (`lrlab up` on loopback).
+LOCAL_OWNER = "local"
 
 
 def utcnow() -> datetime:
@@ -52,6 +69,7 @@ class Run(Base):
     __tablename__ = "run"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
     status: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any]]
     # Denormalised from spec for filtering.
@@ -72,6 +90,22 @@ class Run(Base):
     experiment_id: Mapped[str | None] = mapped_column(ForeignKey("experiment.id", ondelete="CASCADE"), index=True)
     # The grid values this run was made from, e.g. {"optimizer": "adam", "lr": 0.001, "seed": 0}.
     params: Mapped[dict[str, Any] | None]
+    # Outbox: when the task message was last handed to the broker (NULL: not yet; the reconciler sends it).
+    dispatched_at: Mapped[datetime | None]
+    # Lease: the worker training the run renews it; once expired, the run goes back to the queue.
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class Checkpoint(Base):
+    """The latest epoch checkpoint of a running run (torch.save bytes, loaded with weights_only=True)."""
+
+    __tablename__ = "checkpoint"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Experiment(Base):
@@ -80,6 +114,7 @@ class Experiment(Base):
     __tablename__ = "experiment"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(200))
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
@@ -92,6 +127,7 @@ class LrFinder(Base):
     __tablename__ = "lr_finder"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
     status: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any]]
     queue: Mapped[str] = mapped_column(String(16))
@@ -132,3 +168,32 @@ class WorkerHeartbeat(Base):
     device_name: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ApiKey(Base):
+    """A caller: each key is its own owner. Only the SHA-256 of the key is stored."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings so a person can tell keys apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class IdempotencyRecord(Base):
+    """The first response to a POST with an Idempotency-Key, replayed for the same key and body."""
+
+    __tablename__ = "idempotency_record"
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of method, path and body
+    status_code: Mapped[int]
+    body: Mapped[dict[str, Any]]
+    location: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,23 @@ class Settings(BaseSettings):
     # One thread per run: the small models this service trains spend more on thread hand-offs than they gain,
     # and an idle OpenMP thread spins on a core other runs need; scale CPU work with --concurrency instead.
     torch_threads: int = Field(1, ge=0, description="Torch threads per run; 0 leaves torch's default (all cores).")
+    auth: Literal["required", "disabled"] = Field(
+        "required", description="API keys; `lrlab up` on loopback turns them off."
+    )
+    max_active_runs_per_key: int = Field(100, ge=1, description="Queued + running runs one owner may have.")
+    max_request_work: float = Field(
+        2e9, gt=0, description="Epochs x training samples one request may ask for, summed over its runs."
+    )
+    max_json_body_bytes: int = Field(1 << 20, ge=1024, description="Larger JSON request bodies get 413.")
+    idempotency_ttl_hours: float = Field(24.0, ge=24, description="How long an Idempotency-Key is remembered.")
+    lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker is silent this long is requeued.")
+    reconcile_seconds: float = Field(5.0, gt=0, description="How often each worker looks for lost or unsent runs.")
+    redispatch_seconds: float = Field(
+        600.0, gt=0, description="A queued run not picked up for this long has its message sent again."
+    )
+    checkpoint_seconds: float = Field(
+        5.0, ge=0, description="Checkpoints are saved at most this often (0: every epoch)."
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url", "broker_url")
