@@ -1,16 +1,21 @@
-"""Request dependencies as Annotated aliases: settings, a database session, load-or-404 of a run."""
+"""Request dependencies as Annotated aliases: session, settings, the caller's owner id, load-or-404, idempotency."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, Path
+from fastapi import Depends, Header, Path, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from lrlab import auth, idempotency
 from lrlab.db import get_sessionmaker
-from lrlab.models import Run
+from lrlab.models import LOCAL_OWNER, Experiment, LrFinder, Run
 from lrlab.settings import Settings, get_settings
 
 
@@ -22,12 +27,105 @@ def _session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-
-def _run(session: SessionDep, run_id: Annotated[str, Path(description="The run's UUID.")]) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise ApiError(404, ["path", "run_id"], f"no run {run_id}", "not_found")
-    return run
+_bearer = HTTPBearer(auto_error=False, description="An API key from `lrlab keys create` (not needed by `lrlab up`).")
 
 
-RunDep = Annotated[Run, Depends(_run)]
+def _owner(
+    session: SessionDep, settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    if settings.auth == "disabled":
+        return LOCAL_OWNER
+    if creds is None:
+        error = ApiError(401, ["header", "authorization"], "missing API key: send Authorization: Bearer <key>")
+    elif (owner := auth.owner_of(session, creds.credentials)) is None:
+        error = ApiError(401, ["header", "authorization"], "unknown or revoked API key")
+    else:
+        return owner
+    error.type = "unauthorized"
+    error.headers["WWW-Authenticate"] = "Bearer"
+    raise error
+
+
+OwnerDep = Annotated[str, Depends(_owner)]
+
+
+def _owned(model: Any, param: str, noun: str) -> Callable[..., Any]:
+    """Load-or-404 by path id, scoped to the caller: another owner's object is a 404, never a 403."""
+
+    def load(session: Session, owner: str, **path: str) -> Any:
+        object_id = path[param]
+        found = session.get(model, object_id)
+        if found is None or found.owner != owner:
+            raise ApiError(404, ["path", param], f"no {noun} {object_id}", "not_found")
+        return found
+
+    # The path parameter's name differs per resource, so the signature FastAPI reads is built here.
+    kind = inspect.Parameter.KEYWORD_ONLY
+    load.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("session", kind, annotation=SessionDep),
+            inspect.Parameter("owner", kind, annotation=OwnerDep),
+            inspect.Parameter(param, kind, annotation=Annotated[str, Path(description=f"The {noun}'s id.")]),
+        ]
+    )
+    return load
+
+
+RunDep = Annotated[Run, Depends(_owned(Run, "run_id", "run"))]
+ExperimentDep = Annotated[Experiment, Depends(_owned(Experiment, "experiment_id", "experiment"))]
+LrFinderDep = Annotated[LrFinder, Depends(_owned(LrFinder, "job_id", "lr-finder job"))]
+
+
+class Idempotent:
+    """The Idempotency-Key of one POST: replay a remembered response, or remember the one being made."""
+
+    def __init__(self, key: str | None, fingerprint: str, owner: str, ttl_hours: float) -> None:
+        self.key, self.fingerprint, self.owner, self.ttl_hours = key, fingerprint, owner, ttl_hours
+
+    def replay(self, session: Session) -> JSONResponse | None:
+        if self.key is None:
+            return None
+        record = idempotency.lookup(session, self.owner, self.key, self.ttl_hours)
+        if record is None:
+            return None
+        if record.fingerprint != self.fingerprint:
+            raise ApiError(
+                409, ["header", "idempotency-key"], "this Idempotency-Key was used with a different request", "conflict"
+            )
+        headers = {"Location": record.location, "Idempotent-Replayed": "true"} if record.location else {}
+        return JSONResponse(record.body, status_code=record.status_code, headers=headers)
+
+    def commit(
+        self, session: Session, status_code: int, body: dict[str, Any], location: str | None
+    ) -> JSONResponse | None:
+        """Commit the work with its record; if a concurrent twin won the race, roll back and replay the twin's."""
+        if self.key is not None:
+            idempotency.remember(
+                session, self.owner, self.key, self.fingerprint, status_code, body, location, self.ttl_hours
+            )
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            replayed = self.replay(session)
+            if replayed is None:
+                raise
+            return replayed
+        return None
+
+
+async def _idempotent(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=200, description="Repeat a POST safely: same key and body, same answer."),
+    ] = None,
+) -> Idempotent:
+    body = await request.body()
+    fp = idempotency.fingerprint(request.method, request.url.path, body)
+    return Idempotent(idempotency_key, fp, owner, settings.idempotency_ttl_hours)
+
+
+IdempotentDep = Annotated[Idempotent, Depends(_idempotent)]

@@ -1,20 +1,35 @@
-"""Builds the FastAPI app: routers and error handlers; nothing else lives here."""
+"""Builds the FastAPI app: routers, error handlers, the body-size cap; nothing else lives here."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from api import errors
+from api.limits import JsonBodyLimit
 from api.routes import catalog, compare, experiments, health, lr_finder, runs
 from lrlab import __version__
+from lrlab.settings import get_settings
+
+DESCRIPTION = """
+Learning-rate and optimizer experiments: submit runs, grids and lr range tests; get curves, comparisons
+and charts.
+
+**Keys.** Send `Authorization: Bearer <key>` (keys come from `lrlab keys create`); `lrlab up` on loopback
+needs none. Another owner's runs, experiments and jobs answer 404 and never appear in lists.
+
+**Limits** (defaults; set by the operator):
+- JSON request bodies: at most 1 MiB (`LRLAB_MAX_JSON_BODY_BYTES`) — 413 above.
+- A grid: at most 256 cells — 422 above (invalid input, not a quota).
+- Active (queued + running) runs per key: 100 (`LRLAB_MAX_ACTIVE_RUNS_PER_KEY`) — 429 with `Retry-After`.
+- Work of one request, epochs × training samples summed over its runs: 2e9 (`LRLAB_MAX_REQUEST_WORK`) — 429.
+- `Idempotency-Key` on any POST: the same key and body replay the first answer for at least 24 h; the
+  same key with another body is a 409.
+- The database or broker unavailable: 503 with `Retry-After`.
+"""
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
-        title="lrlab",
-        version=__version__,
-        summary="Learning-rate and optimizer experiments: submit runs, get curves.",
-    )
+    app = FastAPI(title="lrlab", version=__version__, description=DESCRIPTION)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(catalog.router)
@@ -22,6 +37,7 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
+    app.add_middleware(JsonBodyLimit, max_bytes=lambda: get_settings().max_json_body_bytes)
     return app
 
 

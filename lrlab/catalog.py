@@ -14,21 +14,25 @@ DATASETS: dict[str, dict[str, Any]] = {
         "description": "scikit-learn's handwritten digits: 1797 8x8 grey images, 10 classes.",
         "input_shape": [1, 8, 8],
         "n_classes": 10,
+        "n_samples": 1797,
     },
     "mnist1d": {
         "description": "MNIST-1D, generated locally: 1-D signals of length 40, 10 classes.",
         "input_shape": [1, 40],
         "n_classes": 10,
+        "n_samples": 5000,
     },
     "spirals": {
         "description": "Synthetic interleaved 2-D spirals, 3 classes.",
         "input_shape": [2],
         "n_classes": 3,
+        "n_samples": 1500,
     },
     "blobs": {
         "description": "Synthetic Gaussian blobs in 8 dimensions, 4 classes.",
         "input_shape": [8],
         "n_classes": 4,
+        "n_samples": 1200,
     },
 }
 

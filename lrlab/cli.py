@@ -65,12 +65,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """API and one worker on this machine; with no LRLAB_* URLs set, no servers are needed at all."""
     import uvicorn
 
     from lrlab.migrate import upgrade
 
+    # On loopback only this machine's users can call: no keys, unless the environment asks for them.
+    if args.host in LOOPBACK:
+        os.environ.setdefault("LRLAB_AUTH", "disabled")
+    get_settings.cache_clear()
     settings = get_settings()
     settings.ensure_dirs()
     upgrade()
@@ -78,7 +85,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         [sys.executable, "-m", "lrlab.cli", "worker", "--concurrency", "1", "--loglevel", args.loglevel],
         env={**os.environ, "LRLAB_DATA_DIR": str(settings.data_dir)},
     )
-    print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs", flush=True)
+    keys = "no API keys (loopback)" if settings.auth == "disabled" else "API keys required (lrlab keys create)"
+    print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs; {keys}", flush=True)
     try:
         uvicorn.run("api.main:app", host=args.host, port=args.port, log_level=args.loglevel.lower())
     finally:
@@ -87,6 +95,33 @@ def cmd_up(args: argparse.Namespace) -> int:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from lrlab import auth
+    from lrlab.db import session_scope
+    from lrlab.migrate import upgrade
+
+    settings = get_settings()
+    if settings.is_embedded_db:
+        settings.ensure_dirs()
+        upgrade()
+    with session_scope() as session:
+        if args.keys_command == "create":
+            row, plain = auth.create_key(session, args.name)
+            print(f"created key {row.id} ({row.name}); it is shown once, keep it:")
+            print(plain)
+        elif args.keys_command == "list":
+            for row in auth.list_keys(session):
+                state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+                print(f"{row.id}  {row.prefix}...  {row.name}  created {row.created_at:%Y-%m-%d %H:%M}  {state}")
+        else:
+            n = auth.revoke_key(session, args.key)
+            if not n:
+                print(f"no active key {args.key}", file=sys.stderr)
+                return 1
+            print(f"revoked {n} key(s)")
     return 0
 
 
@@ -113,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Default solo for 1, else prefork.")
     wk.add_argument("--loglevel", default="INFO")
     wk.set_defaults(func=cmd_worker)
+
+    keys = sub.add_parser("keys", help="API keys: each key is its own owner.")
+    keysub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = keysub.add_parser("create", help="Make a key; the key is printed as the last line.")
+    kc.add_argument("--name", required=True)
+    keysub.add_parser("list", help="Every key: id, prefix, name, state.")
+    kr = keysub.add_parser("revoke", help="Revoke a key by id or name.")
+    kr.add_argument("key")
+    keys.set_defaults(func=cmd_keys)
 
     db = sub.add_parser("db", help="Database schema (Alembic).")
     dbsub = db.add_subparsers(dest="db_command", required=True)

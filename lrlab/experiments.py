@@ -108,9 +108,12 @@ def expand(request: ExperimentCreate) -> list[Cell]:
 # --- persistence ----------------------------------------------------------------------------------
 
 
-def create_experiment(session: Session, request: ExperimentCreate, cells: list[Cell]) -> tuple[Experiment, list[Run]]:
+def create_experiment(
+    session: Session, request: ExperimentCreate, cells: list[Cell], *, owner: str
+) -> tuple[Experiment, list[Run]]:
     """The experiment row and one queued run per cell, in one transaction (the caller commits, then enqueues)."""
     experiment = Experiment(
+        owner=owner,
         name=request.name,
         base=request.base.to_json(),
         grid=request.model_dump(mode="json")["grid"],
@@ -126,6 +129,7 @@ def create_experiment(session: Session, request: ExperimentCreate, cells: list[C
             label=cell.label,
             experiment_id=experiment.id,
             params={**cell.params, "config": cell.config},
+            owner=owner,
         )
         for cell in cells
     ]

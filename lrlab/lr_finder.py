@@ -12,8 +12,9 @@ from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic
 from lrlab.schemas.runs import RunStatus
 
 
-def create_job(session: Session, request: LrFinderCreate) -> LrFinder:
+def create_job(session: Session, request: LrFinderCreate, *, owner: str) -> LrFinder:
     job = LrFinder(
+        owner=owner,
         status=RunStatus.queued.value,
         spec=request.model_dump(mode="json"),
         queue=choose_queue(session, request.device),

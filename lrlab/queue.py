@@ -90,6 +90,12 @@ def reset_client() -> None:
     _client = None
 
 
+def ensure_broker() -> None:
+    """Raise (kombu OperationalError: the API answers 503) if the broker can't be reached right now."""
+    with client().connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=client().conf.broker_connection_timeout)
+
+
 def enqueue_run(run_id: str, queue: str) -> None:
     client().send_task(TRAIN_RUN, args=[run_id], queue=queue)
 

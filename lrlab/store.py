@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, Connection, Select, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from lrlab.models import CurvePoint, Run, utcnow
+from lrlab.models import LOCAL_OWNER, CurvePoint, Run, utcnow
 from lrlab.schemas import RunPublic, RunSpec, RunStatus, RunSummary
 
 POINT_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -24,8 +24,10 @@ def create_run(
     label: str | None = None,
     experiment_id: str | None = None,
     params: dict[str, Any] | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> Run:
     run = Run(
+        owner=owner,
         experiment_id=experiment_id,
         params=params,
         status=RunStatus.queued.value,
@@ -98,13 +100,14 @@ def page(
 def list_runs(
     session: Session,
     *,
+    owner: str,
     limit: int,
     status: RunStatus | None = None,
     dataset: str | None = None,
     optimizer: str | None = None,
     cursor: str | None = None,
 ) -> tuple[list[Run], str | None]:
-    query = select(Run)
+    query = select(Run).where(Run.owner == owner)
     if status is not None:
         query = query.where(Run.status == status.value)
     if dataset is not None:

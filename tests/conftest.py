@@ -172,13 +172,27 @@ def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         stop_process(proc)
 
 
+def make_key(name: str) -> str:
+    from lrlab import auth
+    from lrlab.db import session_scope
+
+    with session_scope() as session:
+        return auth.create_key(session, name)[1]
+
+
 @pytest.fixture(scope="session")
-def api_client(service_env: dict[str, str]) -> Iterator[Any]:
+def api_key(service_env: dict[str, str]) -> str:
+    return make_key("tests")
+
+
+@pytest.fixture(scope="session")
+def api_client(service_env: dict[str, str], api_key: str) -> Iterator[Any]:
+    """An HTTP client for the app, authenticated as the session's own key."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {api_key}"}) as client:
         yield client
 
 

@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
-from api.deps import SessionDep
+from api.deps import ExperimentDep, OwnerDep, SessionDep
 from api.errors import ApiError
-from api.routes.experiments import ExperimentDep
 from lrlab import compare, experiments
 from lrlab.charts import CHART_METRICS
 from lrlab.models import Run
@@ -31,11 +30,11 @@ ChartPath = Annotated[str, Path(pattern=CHART_PATTERN, description="`<metric>.sv
 LogQuery = Annotated[bool, Query(description="Logarithmic y axis (losses, lr).")]
 
 
-def _named_runs(session: SessionDep, runs: str) -> list[Run]:
+def _named_runs(session: SessionDep, owner: str, runs: str) -> list[Run]:
     ids = [r.strip() for r in runs.split(",") if r.strip()]
     if not ids or len(ids) > MAX_COMPARE_RUNS:
         raise ApiError(422, ["query", "runs"], f"give between 1 and {MAX_COMPARE_RUNS} run ids")
-    found = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}
+    found = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids), Run.owner == owner))}
     missing = [i for i in ids if i not in found]
     if missing:
         raise ApiError(404, ["query", "runs"], f"no run {missing[0]}", "not_found")
@@ -72,13 +71,16 @@ def compare_experiment(
 @router.get("/v1/compare", response_model=Comparison)
 def compare_runs(
     session: SessionDep,
+    owner: OwnerDep,
     runs: RunsQuery,
     metric: MetricQuery = "best_val_accuracy",
     target: TargetQuery = None,
     max_points: MaxPointsQuery = None,
 ) -> Comparison:
     """Any runs, from any experiments, side by side."""
-    return compare.compare(session, _named_runs(session, runs), metric=metric, target=target, max_points=max_points)
+    return compare.compare(
+        session, _named_runs(session, owner, runs), metric=metric, target=target, max_points=max_points
+    )
 
 
 @router.get("/v1/experiments/{experiment_id}/charts/{chart}", response_class=Response, responses=CHART_RESPONSES)
@@ -90,5 +92,7 @@ def experiment_chart(
 
 
 @router.get("/v1/compare/charts/{chart}", response_class=Response, responses=CHART_RESPONSES)
-def compare_chart(session: SessionDep, chart: ChartPath, runs: RunsQuery, log: LogQuery = False) -> Response:
-    return _chart(session, _named_runs(session, runs), chart, log, "comparison")
+def compare_chart(
+    session: SessionDep, owner: OwnerDep, chart: ChartPath, runs: RunsQuery, log: LogQuery = False
+) -> Response:
+    return _chart(session, _named_runs(session, owner, runs), chart, log, "comparison")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import SessionDep
+from api.deps import ExperimentDep, IdempotentDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
+from api.quota import check_quota
 from lrlab import experiments, queue, store
 from lrlab.models import Experiment
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentPublic, ExperimentsPublic
@@ -16,39 +18,51 @@ from lrlab.schemas.experiments import ExperimentCreate, ExperimentCreated, Exper
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
-def load_experiment(session: SessionDep, experiment_id: Annotated[str, Path()]) -> Experiment:
-    found = session.get(Experiment, experiment_id)
-    if found is None:
-        raise ApiError(404, ["path", "experiment_id"], f"no experiment {experiment_id}", "not_found")
-    return found
-
-
-ExperimentDep = Annotated[Experiment, Depends(load_experiment)]
-
-
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ExperimentCreated)
-def create_experiment(request: ExperimentCreate, session: SessionDep, response: Response) -> ExperimentCreated:
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExperimentCreated,
+    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+)
+def create_experiment(
+    request: ExperimentCreate,
+    session: SessionDep,
+    owner: OwnerDep,
+    idem: IdempotentDep,
+    settings: SettingsDep,
+    response: Response,
+) -> ExperimentCreated | JSONResponse:
     """The cartesian product of `grid` becomes one run per cell (at most 256); all or nothing."""
+    if (replayed := idem.replay(session)) is not None:
+        return replayed
     try:
         cells = experiments.expand(request)
     except experiments.CellError as exc:
         raise ApiError(422, ["body", "grid", "cell", exc.index], str(exc)) from exc
-    experiment, runs = experiments.create_experiment(session, request, cells)
-    session.commit()
+    check_quota(session, owner, [c.spec for c in cells], settings)
+    queue.ensure_broker()
+    experiment, runs = experiments.create_experiment(session, request, cells, owner=owner)
+    created = ExperimentCreated(id=experiment.id, runs=[r.id for r in runs])
+    location = f"/v1/experiments/{experiment.id}"
+    if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
+        return replayed
     for run in runs:  # only after the commit: a worker must be able to read what it receives
         queue.enqueue_run(run.id, run.queue)
-    response.headers["Location"] = f"/v1/experiments/{experiment.id}"
-    return ExperimentCreated(id=experiment.id, runs=[r.id for r in runs])
+    response.headers["Location"] = location
+    return created
 
 
 @router.get("", response_model=ExperimentsPublic)
 def list_experiments(
     session: SessionDep,
+    owner: OwnerDep,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ExperimentsPublic:
     try:
-        rows, next_cursor = store.page(session, select(Experiment), Experiment, limit=limit, cursor=cursor)
+        rows, next_cursor = store.page(
+            session, select(Experiment).where(Experiment.owner == owner), Experiment, limit=limit, cursor=cursor
+        )
     except ValueError as exc:
         raise ApiError(422, ["query", "cursor"], str(exc)) from exc
     return ExperimentsPublic(data=[experiments.to_public(session, e) for e in rows], next_cursor=next_cursor)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import SessionDep
+from api.deps import IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from lrlab import lr_finder, queue, store
 from lrlab.charts import render_lr_finder_chart
@@ -17,41 +18,47 @@ from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic, LrFindersP
 router = APIRouter(prefix="/v1/lr-finder", tags=["lr-finder"])
 
 
-def load_job(session: SessionDep, job_id: Annotated[str, Path()]) -> LrFinder:
-    found = session.get(LrFinder, job_id)
-    if found is None:
-        raise ApiError(404, ["path", "job_id"], f"no lr-finder job {job_id}", "not_found")
-    return found
-
-
-JobDep = Annotated[LrFinder, Depends(load_job)]
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=LrFinderPublic)
-def create_lr_finder(request: LrFinderCreate, session: SessionDep, response: Response) -> LrFinderPublic:
+def create_lr_finder(
+    request: LrFinderCreate,
+    session: SessionDep,
+    owner: OwnerDep,
+    idem: IdempotentDep,
+    settings: SettingsDep,
+    response: Response,
+) -> LrFinderPublic | JSONResponse:
     """Sweep lr exponentially over `steps` training steps; the answer carries `suggested_lr` and `suggested_grid`."""
-    job = lr_finder.create_job(session, request)
-    session.commit()
+    if (replayed := idem.replay(session)) is not None:
+        return replayed
+    queue.ensure_broker()
+    job = lr_finder.create_job(session, request, owner=owner)
+    location = f"/v1/lr-finder/{job.id}"
+    public = lr_finder.to_public(job)
+    if (replayed := idem.commit(session, 202, public.model_dump(mode="json"), location)) is not None:
+        return replayed
     queue.enqueue_lr_finder(job.id, job.queue)
-    response.headers["Location"] = f"/v1/lr-finder/{job.id}"
-    return lr_finder.to_public(job)
+    response.headers["Location"] = location
+    return public
 
 
 @router.get("", response_model=LrFindersPublic)
 def list_lr_finders(
     session: SessionDep,
+    owner: OwnerDep,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> LrFindersPublic:
     try:
-        rows, next_cursor = store.page(session, select(LrFinder), LrFinder, limit=limit, cursor=cursor)
+        rows, next_cursor = store.page(
+            session, select(LrFinder).where(LrFinder.owner == owner), LrFinder, limit=limit, cursor=cursor
+        )
     except ValueError as exc:
         raise ApiError(422, ["query", "cursor"], str(exc)) from exc
     return LrFindersPublic(data=[lr_finder.to_public(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=LrFinderPublic)
-def get_lr_finder(job: JobDep) -> LrFinderPublic:
+def get_lr_finder(job: LrFinderDep) -> LrFinderPublic:
     return lr_finder.to_public(job)
 
 
@@ -60,7 +67,7 @@ def get_lr_finder(job: JobDep) -> LrFinderPublic:
     response_class=Response,
     responses={200: {"content": {"image/svg+xml": {}, "image/png": {}}, "description": "The sweep."}},
 )
-def lr_finder_chart(job: JobDep, chart: Annotated[str, Path(pattern=r"^chart\.(svg|png)$")]) -> Response:
+def lr_finder_chart(job: LrFinderDep, chart: Annotated[str, Path(pattern=r"^chart\.(svg|png)$")]) -> Response:
     """Loss and smoothed loss against lr (log axis), with the suggestion marked."""
     fmt: Literal["svg", "png"] = "svg" if chart.endswith(".svg") else "png"
     public = lr_finder.to_public(job)

@@ -7,10 +7,11 @@ import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.deps import RunDep, SessionDep
+from api.deps import IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
 from api.errors import ApiError
+from api.quota import check_quota
 from lrlab import analysis, queue, store
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
@@ -19,21 +20,36 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=RunCreated)
-def create_run(spec: RunSpec, session: SessionDep, response: Response) -> RunCreated:
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunCreated,
+    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+)
+def create_run(
+    spec: RunSpec, session: SessionDep, owner: OwnerDep, idem: IdempotentDep, settings: SettingsDep, response: Response
+) -> RunCreated | JSONResponse:
     """Queue one training run; poll `Location` (or its /curves) for progress."""
+    if (replayed := idem.replay(session)) is not None:
+        return replayed
+    check_quota(session, owner, [spec], settings)
+    queue.ensure_broker()
     target = queue.choose_queue(session, spec.device)
-    run = store.create_run(session, spec, target)
-    session.commit()
+    run = store.create_run(session, spec, target, owner=owner)
+    created = RunCreated(id=run.id, status=RunStatus.queued)
+    location = f"/v1/runs/{run.id}"
+    if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
+        return replayed
     # Enqueue only after the commit, so a worker never receives an id it cannot read yet.
     queue.enqueue_run(run.id, target)
-    response.headers["Location"] = f"/v1/runs/{run.id}"
-    return RunCreated(id=run.id, status=RunStatus.queued)
+    response.headers["Location"] = location
+    return created
 
 
 @router.get("", response_model=RunsPublic)
 def list_runs(
     session: SessionDep,
+    owner: OwnerDep,
     status: RunStatus | None = None,
     dataset: Annotated[str | None, Query(max_length=520, description="Dataset name, or file:<path>.")] = None,
     optimizer: Annotated[str | None, Query(max_length=16)] = None,
@@ -43,7 +59,7 @@ def list_runs(
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
     try:
         rows, next_cursor = store.list_runs(
-            session, limit=limit, status=status, dataset=dataset, optimizer=optimizer, cursor=cursor
+            session, owner=owner, limit=limit, status=status, dataset=dataset, optimizer=optimizer, cursor=cursor
         )
     except ValueError as exc:
         raise ApiError(422, ["query", "cursor"], str(exc)) from exc

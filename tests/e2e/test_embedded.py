@@ -39,10 +39,13 @@ def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return 0, None
 
 
-def _start(args: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(args: list[str], data_dir: Path, log: Path, auth: str | None = None) -> subprocess.Popen[bytes]:
+    env = _env(data_dir)
+    if auth is not None:
+        env["LRLAB_AUTH"] = auth
     return subprocess.Popen(
         [sys.executable, "-m", "lrlab.cli", *args],
-        env=_env(data_dir),
+        env=env,
         cwd=ROOT,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -56,7 +59,7 @@ def test_up_embedded_trains_and_keeps_queued_runs_across_restart(tmp_path: Path)
     base = f"http://127.0.0.1:{port}"
 
     # 1. The API alone (no worker yet): the run is accepted and waits in the SQLite-backed queue.
-    api = _start(["api", "--port", str(port)], data_dir, log)
+    api = _start(["api", "--port", str(port)], data_dir, log, auth="disabled")
     try:
         wait_for(lambda: _http("GET", f"{base}/healthz")[0] == 200, 60, "embedded api", interval=0.3)
         status, created = _http("POST", f"{base}/v1/runs", {"dataset": "digits", "epochs": 2})

@@ -12,7 +12,6 @@ from alembic import op
 
 import lrlab.models
 
-
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
