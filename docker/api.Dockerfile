@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    LRLAB_DATA_DIR=/data
+    LRLAB_DATA_DIR=/data \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 # uid/gid 1000 in both images: they share the data volume. /data is created here, owned by that user,
 # so a fresh named volume mounted on it starts out writable by the service.
@@ -34,6 +35,8 @@ RUN pip install . \
  && rm -rf /src
 
 WORKDIR /home/lrlab
+# Charts are drawn with matplotlib: build its font cache now, not on the first request.
+RUN mkdir -p /tmp/matplotlib && python -c "import matplotlib.font_manager" && chown -R 1000:1000 /tmp/matplotlib
 # Numeric, so that runtimes can tell it is not root (Kubernetes' runAsNonRoot).
 USER 1000:1000
 EXPOSE 8000
