@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors
+from api.events import EventHub
 from api.limits import JsonBodyLimit
-from api.routes import catalog, compare, experiments, health, lr_finder, runs
+from api.routes import catalog, compare, events, experiments, health, lr_finder, metrics, runs
 from lrlab import __version__
 from lrlab.settings import get_settings
 
@@ -28,15 +33,26 @@ needs none. Another owner's runs, experiments and jobs answer 404 and never appe
 """
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.events = EventHub()
+    app.state.events.start(asyncio.get_running_loop())
+    yield
+    app.state.events.stop()
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="lrlab", version=__version__, description=DESCRIPTION)
+    app = FastAPI(title="lrlab", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(catalog.router)
     app.include_router(runs.router)
+    app.include_router(events.router)
     app.include_router(experiments.router)
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
+    app.middleware("http")(metrics.time_requests)
     app.add_middleware(JsonBodyLimit, max_bytes=lambda: get_settings().max_json_body_bytes)
     return app
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from lrlab.settings import get_settings
 
@@ -125,6 +129,127 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- client commands: they speak HTTP through lrlab.client, like any user's script ---------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from lrlab.client import Client
+
+    return Client(args.url, args.key)
+
+
+def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        spec: dict[str, Any] = json.loads(text)
+    else:
+        spec = {}
+    optimizer = dict(spec.get("optimizer") or {})
+    if args.optimizer:
+        optimizer = {"name": args.optimizer}
+    if args.lr is not None:
+        optimizer.setdefault("name", "adam")
+        optimizer["lr"] = args.lr
+    if optimizer:
+        spec["optimizer"] = optimizer
+    for field in ("dataset", "model", "epochs", "batch_size", "seed", "device"):
+        value = getattr(args, field)
+        if value is not None:
+            spec[field] = value
+    return spec
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """A run spec (file, - for stdin, or flags), or an experiment when the file has a `grid`."""
+    from lrlab.client import ApiError
+
+    lab = _client(args)
+    body = _spec_from_args(args)
+    try:
+        if "grid" in body:
+            created = lab.submit_experiment(body)
+            print(f"experiment {created.id}: {len(created.runs)} runs")
+            ids = created.runs
+        else:
+            run = lab.submit_run(body)
+            print(f"run {run.id} {run.status.value}")
+            ids = [run.id]
+        if args.wait:
+            runs = lab.wait(ids, poll=args.poll, progress=False)
+            for r in runs:
+                best = r.summary.best_val_accuracy if r.summary else None
+                print(f"{r.id} {r.status.value} best_val_accuracy={best}")
+            return 0 if all(r.status.value in ("succeeded", "diverged") for r in runs) else 1
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Redraw one progress line per run until it finishes."""
+    lab = _client(args)
+    while True:
+        run = lab.run(args.run_id)
+        line = lab.progress_line(run)
+        end = "\n" if run.status.value in ("succeeded", "failed", "cancelled", "diverged") else ""
+        print("\r" + line.ljust(100), end=end, flush=True)
+        if end:
+            return 0 if run.status.value != "failed" else 1
+        time.sleep(args.poll)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    lab = _client(args)
+    cmp = lab.compare(experiment_id=args.experiment_id, metric=args.metric, target=args.target)
+    cols = ("label", "status", "best_val_acc", "epoch", "min_val_loss", "to_target", "seconds")
+    rows = []
+    for r in cmp.runs:
+        s = r.summary
+        rows.append(
+            (
+                r.label or r.run_id[:8],
+                r.status.value + (f"@{s.diverged_at}" if s and s.diverged_at else ""),
+                f"{s.best_val_accuracy:.4f}" if s and s.best_val_accuracy is not None else "-",
+                str(s.best_epoch) if s and s.best_epoch else "-",
+                f"{s.min_val_loss:.4f}" if s and s.min_val_loss is not None else "-",
+                str(s.epochs_to_target) if s and s.epochs_to_target else "-",
+                f"{s.seconds:.1f}" if s else "-",
+            )
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    if cmp.verdict is not None:
+        v = cmp.verdict
+        ci = f"[{v.ci_low:.4f}, {v.ci_high:.4f}]" if v.ci_low is not None and v.ci_high is not None else "n/a"
+        print(
+            f"verdict: {v.better} vs {v.other}: {v.difference}, {v.confidence:.0%} CI {ci}, significant={v.significant}"
+        )
+    if args.chart:
+        lab.save_chart(args.experiment_id, args.chart_metric, args.chart)
+        print(f"saved {args.chart}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    lab = _client(args)
+    page = lab.runs(status=args.status, limit=args.limit)
+    for r in page.data:
+        best = r.summary.best_val_accuracy if r.summary and r.summary.best_val_accuracy is not None else None
+        acc = f"{best:.4f}" if best is not None else "-"
+        label = r.label or f"{r.spec.optimizer.name} lr={r.spec.optimizer.lr:g}"
+        print(f"{r.id[:8]}  {r.status.value:<9}  {acc:<6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {label}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = _client(args).cancel(args.run_id)
+    print(f"{run.id} {run.status.value}{' (stops at the end of its epoch)' if run.status.value == 'running' else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +282,42 @@ def build_parser() -> argparse.ArgumentParser:
     kr = keysub.add_parser("revoke", help="Revoke a key by id or name.")
     kr.add_argument("key")
     keys.set_defaults(func=cmd_keys)
+
+    def remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=None, help="API address (default $LRLAB_URL or http://127.0.0.1:8000)")
+        p.add_argument("--key", default=None, help="API key (default $LRLAB_API_KEY)")
+        p.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
+        return p
+
+    sm = remote(sub.add_parser("submit", help="Submit a run (or an experiment: a file with a `grid`)."))
+    sm.add_argument("file", nargs="?", help="JSON spec file, or - for stdin")
+    sm.add_argument("--dataset")
+    sm.add_argument("--model")
+    sm.add_argument("--optimizer")
+    sm.add_argument("--lr", type=float)
+    sm.add_argument("--epochs", type=int)
+    sm.add_argument("--batch-size", dest="batch_size", type=int)
+    sm.add_argument("--seed", type=int)
+    sm.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sm.add_argument("--wait", action="store_true", help="wait until finished; exit 1 if a run failed")
+    sm.set_defaults(func=cmd_submit)
+    wt = remote(sub.add_parser("watch", help="A live progress line for a run."))
+    wt.add_argument("run_id")
+    wt.set_defaults(func=cmd_watch)
+    cp = remote(sub.add_parser("compare", help="A table of an experiment's runs, best first."))
+    cp.add_argument("experiment_id")
+    cp.add_argument("--metric", default="best_val_accuracy")
+    cp.add_argument("--target", type=float)
+    cp.add_argument("--chart", help="also save a chart (.png or .svg)")
+    cp.add_argument("--chart-metric", default="val_accuracy")
+    cp.set_defaults(func=cmd_compare)
+    rn = remote(sub.add_parser("runs", help="Recent runs, newest first."))
+    rn.add_argument("--status")
+    rn.add_argument("--limit", type=int, default=20)
+    rn.set_defaults(func=cmd_runs)
+    cn = remote(sub.add_parser("cancel", help="Cancel a run."))
+    cn.add_argument("run_id")
+    cn.set_defaults(func=cmd_cancel)
 
     db = sub.add_parser("db", help="Database schema (Alembic).")
     dbsub = db.add_subparsers(dest="db_command", required=True)

@@ -139,6 +139,8 @@ class LrFinder(Base):
     result: Mapped[dict[str, Any] | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # Outbox, as for runs: NULL until the task message has been handed to the broker.
+    dispatched_at: Mapped[datetime | None]
 
 
 class CurvePoint(Base):

@@ -97,6 +97,7 @@ def ensure_broker() -> None:
 
 
 def enqueue_run(run_id: str, queue: str) -> None:
+    """The bare send, which raises if the broker is away; callers use lrlab.leases.dispatch_* (send + stamp)."""
     client().send_task(TRAIN_RUN, args=[run_id], queue=queue)
 
 

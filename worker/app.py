@@ -1,9 +1,15 @@
-"""The worker's Celery app: shared config plus the tasks, and a heartbeat that says which queues are served."""
+"""The worker's Celery app: shared config plus the tasks, a heartbeat that says which queues are served, and
+the reconciler (lrlab.leases.reconcile) that requeues runs of dead workers and sends what the broker lost.
+
+Both threads start on worker_ready, which fires in the main process only: with the prefork pool that is the
+parent, which never trains (so never imports torch), and each worker host reconciles once, not per child.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 
@@ -11,6 +17,7 @@ from celery import signals
 from celery.apps.worker import Worker
 from sqlalchemy import delete
 
+from lrlab import leases
 from lrlab.db import session_scope
 from lrlab.models import WorkerHeartbeat, utcnow
 from lrlab.queue import GPU_QUEUE, make_celery
@@ -48,12 +55,26 @@ def _heartbeat_loop(hostname: str, queues: list[str]) -> None:
         _stop.wait(interval)
 
 
+def _reconcile_loop() -> None:
+    interval = get_settings().reconcile_seconds
+    while not _stop.is_set():
+        try:
+            done = leases.reconcile()
+            if done:
+                log.info("reconciled: %s", done)
+        except Exception:  # database or broker briefly away: the next pass tries again
+            log.warning("reconcile pass failed", exc_info=True)
+        # jitter, so the reconcilers of workers started together drift apart
+        _stop.wait(interval * random.uniform(0.8, 1.2))
+
+
 @signals.worker_ready.connect
 def _start_heartbeat(sender: object, **_: object) -> None:
     consumer = getattr(sender, "consumer", None) or sender
     queues = sorted(q.name for q in consumer.app.amqp.queues.consume_from.values())  # type: ignore[attr-defined,union-attr]
     hostname = getattr(sender, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}"
     threading.Thread(target=_heartbeat_loop, args=(hostname, queues), name="lrlab-heartbeat", daemon=True).start()
+    threading.Thread(target=_reconcile_loop, name="lrlab-reconciler", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

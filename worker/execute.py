@@ -1,17 +1,28 @@
-"""One run's lifecycle on a worker: claim it, train it, persist each epoch as it ends, record the outcome."""
+"""One run on a worker: claim it under a lease, resume or start, persist epochs and checkpoints, record the outcome.
+
+The outcome is written only while the lease is ours (lrlab.leases.finish_run). A run whose lease was lost,
+or whose progress could not be written because the database stayed away, is left alone: its lease lapses,
+a reconciler requeues it and a worker resumes it from the last checkpoint. Only errors of the run itself
+(bad data, a bug) end it as failed.
+"""
 
 from __future__ import annotations
 
 import logging
-import traceback
+import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import Connection, delete, update
+from sqlalchemy.exc import OperationalError
 
 import trainer
+from lrlab import leases
 from lrlab.analysis import summarize
 from lrlab.db import session_scope
-from lrlab.models import Run, utcnow
+from lrlab.models import CurvePoint, Run
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from lrlab.store import points
@@ -20,26 +31,10 @@ from worker.progress import ProgressWriter
 log = logging.getLogger(__name__)
 
 OUTCOME = {"succeeded": RunStatus.succeeded, "diverged": RunStatus.diverged, "stopped": RunStatus.cancelled}
+# How long the final write keeps trying through a database outage; after that the lease decides.
+RECORD_RETRY_SECONDS = 60.0
 
-
-def _claim(run_id: str, worker: str) -> dict | None:
-    """queued -> running, atomically; None when the run is gone, finished or cancelled meanwhile."""
-    with session_scope() as session:
-        moved = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.queued.value)
-            .values(status=RunStatus.running.value, started_at=utcnow(), worker=worker, attempts=Run.attempts + 1)
-        ).rowcount  # type: ignore[attr-defined]
-        if not moved:
-            return None
-        run = session.get(Run, run_id)
-        assert run is not None
-        return dict(run.spec)
-
-
-def _finish(run_id: str, **values: object) -> None:
-    with session_scope() as session:
-        session.execute(update(Run).where(Run.id == run_id).values(finished_at=utcnow(), **values))
+T = TypeVar("T")
 
 
 def _set_threads() -> None:
@@ -51,24 +46,84 @@ def _set_threads() -> None:
         torch.set_num_threads(share)
 
 
+def _retrying(what: str, fn: Callable[[], T]) -> T | None:
+    """fn() with backoff through OperationalError for a while; None if the database stayed away."""
+    deadline, delay = time.monotonic() + RECORD_RETRY_SECONDS, 0.2
+    while True:
+        try:
+            return fn()
+        except OperationalError as exc:
+            if time.monotonic() > deadline:
+                log.error("%s: database unreachable, giving up; the lease will lapse and the run resume", what)
+                return None
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _checkpointer(run_id: str, progress: ProgressWriter, every: float) -> Callable[[trainer.Checkpoint], None]:
+    """on_checkpoint: at most one per `every` seconds, serialised and saved by the writer thread.
+
+    The Checkpoint is a snapshot already (the trainer clones weights and optimizer state), so the
+    training thread only enqueues it. The writer saves it in the transaction after the one holding the
+    epoch's point or in the same one (the queue is FIFO and the point is put first): a stored checkpoint
+    for epoch k always comes with points 1..k stored, and a resume rewrites k+1.. by upsert.
+    """
+    last = -math.inf
+
+    def save(ckpt: trainer.Checkpoint) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every:
+            return
+        last = now
+
+        def write(conn: Connection) -> None:
+            leases.save_checkpoint(conn, run_id, ckpt.epoch, trainer.checkpoint_to_bytes(ckpt))
+
+        progress.put_action(write)
+
+    return save
+
+
+def _resume_point(claim: leases.Claim, device: Any, progress: ProgressWriter) -> trainer.Checkpoint | None:
+    if claim.checkpoint is None:
+        return None
+    try:
+        start = trainer.checkpoint_from_bytes(claim.checkpoint, device)
+    except Exception:  # e.g. written by an older trainer version: train again from epoch 1
+        log.warning("run %s: checkpoint unreadable, starting over", claim.run_id, exc_info=True)
+        progress.put_action(lambda conn: conn.execute(delete(CurvePoint).where(CurvePoint.run_id == claim.run_id)))
+        return None
+    log.info("run %s: attempt %d resumes after epoch %d", claim.run_id, claim.attempts, start.epoch)
+    return start
+
+
 def execute_run(run_id: str, worker: str) -> None:
-    spec = _claim(run_id, worker)
-    if spec is None:
+    settings = get_settings()
+    claim = leases.claim_run(run_id, worker, lease_seconds=settings.lease_seconds)
+    if claim is None:
         log.info("run %s is not queued any more; skipping", run_id)
         return
     _set_threads()
-    progress = ProgressWriter(run_id, flush_seconds=get_settings().progress_flush_seconds)
+    progress = ProgressWriter(
+        run_id,
+        lease_token=claim.token,
+        lease_seconds=settings.lease_seconds,
+        flush_seconds=settings.progress_flush_seconds,
+    )
     try:
-        config = trainer.RunConfig.from_spec(spec)
-        device = trainer.resolve_device(spec.get("device", "auto"))
-        with session_scope() as session:
-            session.execute(update(Run).where(Run.id == run_id).values(device=str(device)))
+        config = trainer.RunConfig.from_spec(claim.spec)
+        device = trainer.resolve_device(claim.spec.get("device", "auto"))
+        progress.put_action(lambda conn: conn.execute(update(Run).where(Run.id == run_id).values(device=str(device))))
         result = trainer.train(
             config,
             device=device,
-            data_root=get_settings().dataset_root,
+            data_root=settings.dataset_root,
             on_epoch=lambda point: progress.put_point(asdict(point)),
-            should_stop=progress.cancel_requested.is_set,
+            should_stop=progress.should_stop,
+            start=_resume_point(claim, device, progress),
+            on_checkpoint=_checkpointer(run_id, progress, settings.checkpoint_seconds),
         )
         progress.close()
     except Exception as exc:
@@ -76,21 +131,37 @@ def execute_run(run_id: str, worker: str) -> None:
             progress.close()
         except RuntimeError:
             log.warning("progress of run %s was not fully recorded", run_id, exc_info=True)
+        if progress.lost.is_set():
+            log.warning("run %s ended here (%s) and is not ours any more: %s", run_id, progress.lost_reason, exc)
+            return
         log.exception("run %s failed", run_id)
-        _finish(run_id, status=RunStatus.failed.value, error=f"{type(exc).__name__}: {exc}"[:4000])
-        log.debug("%s", traceback.format_exc())
+        error = f"{type(exc).__name__}: {exc}"[:4000]
+        _record(run_id, claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
         return
-    with session_scope() as session:
-        summary = summarize(
-            points(session, run_id),
-            diverged_at=result.diverged_at,
-            reason=result.reason,
-            early_stopped=result.early_stopped,
-        )
-    _finish(
-        run_id,
-        status=OUTCOME[result.status].value,
-        summary=summary.model_dump(mode="json"),
-        n_parameters=result.n_parameters,
-    )
-    log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+    if progress.lost.is_set():
+        log.warning("run %s: %s; leaving its outcome to the worker that resumes it", run_id, progress.lost_reason)
+        return
+
+    def outcome() -> dict[str, Any]:
+        with session_scope() as session:
+            summary = summarize(
+                points(session, run_id),
+                diverged_at=result.diverged_at,
+                reason=result.reason,
+                early_stopped=result.early_stopped,
+            )
+        return {
+            "status": OUTCOME[result.status].value,
+            "summary": summary.model_dump(mode="json"),
+            "n_parameters": result.n_parameters,
+        }
+
+    if _record(run_id, claim.token, outcome):
+        log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+
+
+def _record(run_id: str, token: str, values: Callable[[], dict[str, Any]]) -> bool:
+    recorded = _retrying(f"recording the outcome of run {run_id}", lambda: leases.finish_run(run_id, token, **values()))
+    if recorded is False:
+        log.warning("run %s: lease lost before its outcome was recorded; another worker owns it", run_id)
+    return bool(recorded)

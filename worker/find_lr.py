@@ -1,4 +1,9 @@
-"""One lr range test on a worker: claim the job, sweep, store the points and the suggestion."""
+"""One lr range test on a worker: claim the job, sweep, store the points and the suggestion.
+
+A job has no lease (a sweep takes seconds); if its worker dies, the reconciler requeues it once that
+worker's heartbeat is stale. The result is written only while the job is still running here, so a
+worker presumed dead that comes back cannot overwrite the outcome of the attempt that replaced it.
+"""
 
 from __future__ import annotations
 
@@ -49,4 +54,10 @@ def execute_lr_finder(job_id: str, worker: str) -> None:
     else:
         values = {"status": RunStatus.succeeded.value, "result": asdict(result)}
     with session_scope() as session:
-        session.execute(update(LrFinder).where(LrFinder.id == job_id).values(finished_at=utcnow(), **values))
+        recorded = session.execute(
+            update(LrFinder)
+            .where(LrFinder.id == job_id, LrFinder.status == RunStatus.running.value, LrFinder.worker == worker)
+            .values(finished_at=utcnow(), **values)
+        ).rowcount  # type: ignore[attr-defined]
+    if not recorded:
+        log.warning("lr-finder job %s was requeued meanwhile; its result here is dropped", job_id)

@@ -5,6 +5,13 @@ transaction (upserts keyed by run and epoch) and reads the run's cancel flag in 
 Commits are at least `flush_seconds` apart: an epoch longer than that is committed as it ends, while
 epochs of a few milliseconds are committed in groups (a database round trip per 20 ms epoch, and the
 GIL hand-offs it causes, cost the training thread ~20%; see docs/benchmarks.md).
+
+With a lease token, every transaction (idle ones every `poll_seconds` included) opens by renewing the
+run's lease where the row still carries that token. If it does not (the lease expired and the run was
+requeued, perhaps already claimed by another worker) the transaction writes nothing, `lost` is set and
+every later write is dropped: the run belongs to someone else now. The writer also gives the run up
+(`lost`) when the database stays away longer than `retry_seconds`; the lease then lapses and the run is
+requeued and resumed from its checkpoint, rather than failed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
 from lrlab.db import get_engine
+from lrlab.leases import renew_lease
 from lrlab.store import cancel_requested, upsert_points
 
 log = logging.getLogger(__name__)
@@ -27,15 +35,31 @@ log = logging.getLogger(__name__)
 _CLOSE = object()
 
 
+class _LeaseLost(Exception):
+    """Raised inside the transaction to roll it back: the run no longer carries our token."""
+
+
 class ProgressWriter:
     def __init__(
-        self, run_id: str, *, flush_seconds: float = 0.5, poll_seconds: float = 0.5, retry_seconds: float = 60.0
+        self,
+        run_id: str,
+        *,
+        lease_token: str | None = None,
+        lease_seconds: float = 30.0,
+        flush_seconds: float = 0.5,
+        poll_seconds: float = 0.5,
+        retry_seconds: float = 60.0,
     ) -> None:
         self.run_id = run_id
+        self._token = lease_token
+        self._lease_seconds = lease_seconds
         self._flush_seconds = flush_seconds
         self._poll_seconds = poll_seconds
         self._last_write = 0.0
         self.cancel_requested = threading.Event()
+        # This worker must write nothing more for the run, its outcome included (see the module docstring).
+        self.lost = threading.Event()
+        self.lost_reason = ""
         self._retry_seconds = retry_seconds
         self._queue: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
@@ -43,20 +67,31 @@ class ProgressWriter:
         self._thread = threading.Thread(target=self._loop, name=f"progress-{run_id[:8]}", daemon=True)
         self._thread.start()
 
+    def should_stop(self) -> bool:
+        """For the trainer: stop after this epoch, because a person asked or because the run is not ours."""
+        return self.cancel_requested.is_set() or self.lost.is_set()
+
     def put_point(self, point: dict[str, Any]) -> None:
         self._raise_if_failed()
-        self._queue.put(("point", point))
+        if not self.lost.is_set():
+            self._queue.put(("point", point))
 
     def put_action(self, action: Callable[[Any], None]) -> None:
-        """Run `action(connection)` in the writer's next transaction (e.g. save a checkpoint)."""
+        """Run `action(connection)` in the writer's next transaction (e.g. save a checkpoint); never if lost."""
         self._raise_if_failed()
-        self._queue.put(("action", action))
+        if not self.lost.is_set():
+            self._queue.put(("action", action))
 
     def close(self) -> None:
-        """Flush everything pending; re-raise a write that kept failing."""
+        """Flush everything pending; re-raise a write that failed for good (a lost run is not an error: see `lost`)."""
         self._queue.put(_CLOSE)
         self._thread.join()
         self._raise_if_failed()
+
+    def _give_up(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+        log.warning("run %s: %s; this worker writes nothing more for it", self.run_id, reason)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -78,7 +113,7 @@ class ProgressWriter:
             except queue.Empty:
                 # nothing to write: still look for a cancel, so a long epoch ends on the request
                 batch = []
-                if self._error is None:
+                if self._error is None and not self.lost.is_set():
                     self._write([])
                 continue
             if batch[0] is not _CLOSE:
@@ -99,7 +134,7 @@ class ProgressWriter:
                     break
             closing = any(item is _CLOSE for item in batch)
             items = [item for item in batch if item is not _CLOSE]
-            if self._error is None:
+            if self._error is None and not self.lost.is_set():
                 self._write(items)
         self._drop_connection()
 
@@ -111,18 +146,31 @@ class ProgressWriter:
                 if self._conn is None:
                     self._conn = get_engine().connect()
                 with self._conn.begin():
+                    if self._token is not None:
+                        # first, so the row lock orders us against a reconciler requeueing the run
+                        held, cancel = renew_lease(self._conn, self.run_id, self._token, self._lease_seconds)
+                        if not held:
+                            raise _LeaseLost
+                    else:
+                        cancel = cancel_requested(self._conn, self.run_id)
                     upsert_points(self._conn, self.run_id, [p for kind, p in items if kind == "point"])
                     for kind, action in items:
                         if kind == "action":
                             action(self._conn)
-                    if cancel_requested(self._conn, self.run_id):
+                    if cancel:
                         self.cancel_requested.set()
                 self._last_write = time.monotonic()
+                return
+            except _LeaseLost:  # rolled back: nothing of this transaction was written
+                self._give_up("lease lost (the run was requeued or another worker holds it)")
                 return
             except OperationalError as exc:  # the database is briefly away: the writes are idempotent, retry
                 self._drop_connection()
                 if time.monotonic() > deadline:
-                    self._error = exc
+                    if self._token is not None:
+                        self._give_up(f"database unreachable for {self._retry_seconds:.0f}s ({exc})")
+                    else:
+                        self._error = exc
                     return
                 log.warning("progress write for run %s failed, retrying in %.1fs: %s", self.run_id, delay, exc)
                 time.sleep(delay)

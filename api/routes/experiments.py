@@ -11,7 +11,7 @@ from sqlalchemy import select
 from api.deps import ExperimentDep, IdempotentDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
-from lrlab import experiments, queue, store
+from lrlab import experiments, leases, queue, store
 from lrlab.models import Experiment
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentPublic, ExperimentsPublic
 
@@ -46,8 +46,8 @@ def create_experiment(
     location = f"/v1/experiments/{experiment.id}"
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
-    for run in runs:  # only after the commit: a worker must be able to read what it receives
-        queue.enqueue_run(run.id, run.queue)
+    # only after the commit: a worker must be able to read what it receives; unsent ones: the reconciler
+    leases.dispatch_runs([(run.id, run.queue) for run in runs])
     response.headers["Location"] = location
     return created
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from api.deps import IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
-from lrlab import lr_finder, queue, store
+from lrlab import leases, lr_finder, queue, store
 from lrlab.charts import render_lr_finder_chart
 from lrlab.models import LrFinder
 from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic, LrFindersPublic
@@ -36,7 +36,7 @@ def create_lr_finder(
     public = lr_finder.to_public(job)
     if (replayed := idem.commit(session, 202, public.model_dump(mode="json"), location)) is not None:
         return replayed
-    queue.enqueue_lr_finder(job.id, job.queue)
+    leases.dispatch_lr_finder(job.id, job.queue)
     response.headers["Location"] = location
     return public
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from api.deps import IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
-from lrlab import analysis, queue, store
+from lrlab import analysis, leases, queue, store
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -41,7 +41,7 @@ def create_run(
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
     # Enqueue only after the commit, so a worker never receives an id it cannot read yet.
-    queue.enqueue_run(run.id, target)
+    leases.dispatch_run(run.id, target)  # a failed send is left to the reconciler (outbox)
     response.headers["Location"] = location
     return created
 

@@ -90,6 +90,12 @@ def test_up_embedded_trains_and_keeps_queued_runs_across_restart(tmp_path: Path)
         )
         pts = _http("GET", f"{base}/v1/runs/{second['id']}/curves")[1]["points"]
         assert [p["epoch"] for p in pts] == [1, 2]
+        # live progress on the embedded store (one watcher polls SQLite): a new run's stream to its end
+        status, third = _http("POST", f"{base}/v1/runs", {"dataset": "spirals", "epochs": 3})
+        with urllib.request.urlopen(f"{base}/v1/runs/{third['id']}/events", timeout=120) as resp:
+            data = [json.loads(line[6:]) for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+        assert [d["epoch"] for d in data if "epoch" in d] == [1, 2, 3]
+        assert data[-1] == {"status": "succeeded"}
         assert (data_dir / "lrlab.db").exists() and (data_dir / "broker.db").exists()
     finally:
         stop_process(up)

@@ -1,0 +1,221 @@
+"""A Python client for the lrlab HTTP API: typed by the same pydantic schemas the API itself uses.
+
+    from lrlab.client import Client
+    lab = Client()                                   # LRLAB_URL / LRLAB_API_KEY, or Client(url, key)
+    exp = lab.submit_experiment({"name": "lrs", "base": {"epochs": 10}, "grid": {"lr": [1e-3, 1e-2]}})
+    lab.wait(exp.runs)                               # progress on stderr
+    print(lab.compare(experiment_id=exp.id).verdict)
+    lab.save_chart(exp.id, "val_accuracy", "acc.png")
+
+It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames
+when pandas is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic
+from lrlab.schemas.compare import Comparison
+from lrlab.schemas.experiments import (
+    ExperimentCreate,
+    ExperimentCreated,
+    ExperimentPublic,
+    ExperimentsPublic,
+    LrFinderCreate,
+    LrFinderPublic,
+)
+
+M = TypeVar("M", bound=BaseModel)
+FINISHED = {"succeeded", "failed", "cancelled", "diverged"}
+
+
+class ApiError(Exception):
+    """A 4xx/5xx answer; `detail` is the API's list of {loc, msg, type}."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        self.status, self.detail = status, detail
+        first = detail[0] if isinstance(detail, list) and detail else {}
+        where = ".".join(str(p) for p in first.get("loc", [])) if isinstance(first, dict) else ""
+        msg = first.get("msg") if isinstance(first, dict) else str(detail)
+        super().__init__(f"{status} {where}: {msg}" if where else f"{status}: {msg}")
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.url = (url or os.environ.get("LRLAB_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = key or os.environ.get("LRLAB_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = http or httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        resp = self.http.request(method, path, **kwargs)
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail")
+            except ValueError:
+                detail = resp.text
+            raise ApiError(resp.status_code, detail)
+        return resp
+
+    def _get(self, model: type[M], path: str, **params: Any) -> M:
+        query = {k: v for k, v in params.items() if v is not None}
+        return model.model_validate(self._request("GET", path, params=query).json())
+
+    def _post(self, model: type[M], path: str, body: Any, idempotency_key: str | None = None) -> M:
+        payload = body.model_dump(mode="json", exclude_unset=True) if isinstance(body, BaseModel) else body
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return model.model_validate(self._request("POST", path, json=payload, headers=headers).json())
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def submit_run(self, spec: RunSpec | dict[str, Any], *, idempotency_key: str | None = None) -> RunCreated:
+        return self._post(RunCreated, "/v1/runs", spec, idempotency_key)
+
+    def run(self, run_id: str) -> RunPublic:
+        return self._get(RunPublic, f"/v1/runs/{run_id}")
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        dataset: str | None = None,
+        optimizer: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunsPublic:
+        return self._get(
+            RunsPublic, "/v1/runs", status=status, dataset=dataset, optimizer=optimizer, limit=limit, cursor=cursor
+        )
+
+    def curves(self, run_id: str, *, max_points: int | None = None) -> Curves:
+        return self._get(Curves, f"/v1/runs/{run_id}/curves", max_points=max_points)
+
+    def cancel(self, run_id: str) -> RunPublic:
+        return RunPublic.model_validate(self._request("POST", f"/v1/runs/{run_id}/cancel").json())
+
+    # --- experiments, comparisons, charts -------------------------------------------------------
+
+    def submit_experiment(
+        self, body: ExperimentCreate | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> ExperimentCreated:
+        return self._post(ExperimentCreated, "/v1/experiments", body, idempotency_key)
+
+    def experiment(self, experiment_id: str) -> ExperimentPublic:
+        return self._get(ExperimentPublic, f"/v1/experiments/{experiment_id}")
+
+    def experiments(self, *, limit: int = 20, cursor: str | None = None) -> ExperimentsPublic:
+        return self._get(ExperimentsPublic, "/v1/experiments", limit=limit, cursor=cursor)
+
+    def compare(
+        self,
+        *,
+        experiment_id: str | None = None,
+        runs: Sequence[str] | None = None,
+        metric: str = "best_val_accuracy",
+        target: float | None = None,
+        max_points: int | None = None,
+    ) -> Comparison:
+        if (experiment_id is None) == (runs is None):
+            raise ValueError("give experiment_id or runs")
+        path = f"/v1/experiments/{experiment_id}/compare" if experiment_id else "/v1/compare"
+        ids = ",".join(runs) if runs is not None else None
+        return self._get(Comparison, path, runs=ids, metric=metric, target=target, max_points=max_points)
+
+    def chart(self, experiment_id: str, metric: str = "val_accuracy", *, fmt: str = "png", log: bool = False) -> bytes:
+        path = f"/v1/experiments/{experiment_id}/charts/{metric}.{fmt}"
+        return self._request("GET", path, params={"log": str(log).lower()}).content
+
+    def save_chart(self, experiment_id: str, metric: str, path: str | Path, *, log: bool = False) -> Path:
+        out = Path(path)
+        out.write_bytes(self.chart(experiment_id, metric, fmt=out.suffix.lstrip(".") or "png", log=log))
+        return out
+
+    # --- lr range test --------------------------------------------------------------------------
+
+    def submit_lr_finder(self, body: LrFinderCreate | dict[str, Any]) -> LrFinderPublic:
+        return self._post(LrFinderPublic, "/v1/lr-finder", body)
+
+    def lr_finder(self, job_id: str) -> LrFinderPublic:
+        return self._get(LrFinderPublic, f"/v1/lr-finder/{job_id}")
+
+    # --- waiting ----------------------------------------------------------------------------------
+
+    def wait(
+        self,
+        run_ids: Iterable[str],
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        progress: bool = True,
+        out: TextIO | None = None,
+    ) -> list[RunPublic]:
+        """Poll until every run is finished; a progress line per run on stderr (epoch, loss, accuracy, ETA)."""
+        ids = list(run_ids)
+        stream = out or sys.stderr
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            runs = [self.run(r) for r in ids]
+            if progress:
+                for run in runs:
+                    stream.write(self.progress_line(run) + "\n")
+                stream.flush()
+            if all(r.status.value in FINISHED for r in runs):
+                return runs
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"runs not finished after {timeout}s")
+            time.sleep(poll)
+
+    def progress_line(self, run: RunPublic, width: int = 24) -> str:
+        pts = self.curves(run.id).points if run.status.value != "queued" else []
+        total = run.spec.epochs
+        done = len(pts)
+        bar = "#" * round(width * done / total) + "." * (width - round(width * done / total))
+        line = f"{run.id[:8]} [{bar}] {done}/{total} {run.status.value}"
+        if pts:
+            last = pts[-1]
+            loss = f"{last.train_loss:.4f}" if last.train_loss is not None else "nan"
+            acc = f"{last.val_accuracy:.3f}" if last.val_accuracy is not None else "-"
+            line += f"  loss {loss}  val_acc {acc}"
+            if run.status.value == "running":
+                per_epoch = sum(p.seconds for p in pts) / done
+                line += f"  ETA {per_epoch * (total - done):.0f}s"
+        return line
+
+    # --- pandas -----------------------------------------------------------------------------------
+
+    def curves_frame(self, run_id: str) -> Any:
+        import pandas as pd  # optional: pip install pandas
+
+        return pd.DataFrame([p.model_dump() for p in self.curves(run_id).points]).set_index("epoch")
+
+    def compare_frame(self, **kwargs: Any) -> Any:
+        import pandas as pd
+
+        rows = [
+            {
+                "run_id": r.run_id,
+                "label": r.label,
+                "status": r.status.value,
+                **(r.summary.model_dump() if r.summary else {}),
+            }
+            for r in self.compare(**kwargs).runs
+        ]
+        return pd.DataFrame(rows)

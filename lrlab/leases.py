@@ -1,0 +1,326 @@
+"""Nothing lost, nothing twice: claiming a run under a lease, checkpoints, dispatch (the outbox) and the reconciler.
+
+A run row is the truth; broker messages are only hints that a run may be ready. So:
+
+- Claim: one UPDATE moves a run queued -> running and gives it a fresh `lease_token`; a second message for
+  the same run finds it no longer queued and is dropped. The lease lasts `lease_seconds` and is renewed
+  (conditioned on the token) by the worker's progress writer in the same transaction as it writes points.
+- Outcome: recorded only where the row still carries the worker's token, so a worker whose lease lapsed
+  (and whose run was requeued and claimed by another) can never record a second outcome.
+- Dispatch: send the message, then stamp `dispatched_at`. A send that fails leaves it NULL: the outbox.
+- Reconciler (every worker, every `reconcile_seconds`): requeues runs whose lease expired, sends what was
+  never sent, and sends again what has waited longer than `redispatch_seconds` (a lost message).
+  Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row twice.
+
+Lease times come from the clocks of the hosts (keep them NTP-synced; skew must stay well under a lease).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Connection, LargeBinary, and_, bindparam, delete, exists, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from lrlab import queue as broker
+from lrlab.db import session_scope
+from lrlab.models import Checkpoint, CurvePoint, LrFinder, Run, UTCDateTime, WorkerHeartbeat, new_id, utcnow
+from lrlab.schemas import RunStatus
+from lrlab.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# A run whose worker vanished this many times is failed, not requeued again: it is what kills its workers.
+MAX_ATTEMPTS = 5
+# The API stamps dispatched_at right after its commit; only a row older than this without one was missed.
+OUTBOX_GRACE_SECONDS = 2.0
+# Rows one reconciler pass takes per kind; the next pass takes the rest.
+BATCH = 200
+
+QUEUED, RUNNING = RunStatus.queued.value, RunStatus.running.value
+
+
+# --- claim, renew, finish -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs once it owns a run: the spec, its lease token and the checkpoint to resume from."""
+
+    run_id: str
+    token: str
+    spec: dict[str, Any]
+    attempts: int
+    checkpoint: bytes | None  # trainer.checkpoint_to_bytes output; None: start at epoch 1
+    checkpoint_epoch: int  # epochs the checkpoint holds (0 without one)
+
+
+def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -> Claim | None:
+    """queued -> running with a fresh lease, atomically; None when the run is not queued (any more)."""
+    seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
+    token, now = new_id(), utcnow()
+    with session_scope() as session:
+        moved = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == QUEUED)
+            .values(
+                status=RUNNING,
+                started_at=func.coalesce(Run.started_at, now),  # the first start; attempts counts the others
+                worker=worker,
+                attempts=Run.attempts + 1,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=seconds),
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            return None
+        run = session.get(Run, run_id)
+        assert run is not None
+        ckpt = session.get(Checkpoint, run_id)
+        epoch = ckpt.epoch if ckpt is not None else 0
+        # Epochs past the checkpoint are trained again and upserted; drop them now so that a resumed run
+        # that ends sooner (early stop, divergence: possible where training is not bit-reproducible)
+        # leaves no rows of the trajectory it abandoned.
+        session.execute(delete(CurvePoint).where(CurvePoint.run_id == run_id, CurvePoint.epoch > epoch))
+        return Claim(
+            run_id=run_id,
+            token=token,
+            spec=dict(run.spec),
+            attempts=run.attempts,
+            checkpoint=bytes(ckpt.data) if ckpt is not None else None,
+            checkpoint_epoch=epoch,
+        )
+
+
+# Raw SQL prepared once, like store.UPSERT_POINT: the progress writer runs it twice a second per run.
+RENEW_LEASE = text(
+    "UPDATE run SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token AND status = :running"
+    " RETURNING cancel_requested"
+).bindparams(bindparam("expires", type_=UTCDateTime()))
+
+
+def renew_lease(conn: Connection, run_id: str, token: str, seconds: float) -> tuple[bool, bool]:
+    """Extend my lease by `seconds` from now: (still mine, cancel requested). Locks the run row until commit."""
+    row = conn.execute(
+        RENEW_LEASE,
+        {"expires": utcnow() + timedelta(seconds=seconds), "id": run_id, "token": token, "running": RUNNING},
+    ).first()
+    return (row is not None, bool(row[0]) if row is not None else False)
+
+
+def finish_run(run_id: str, token: str, **values: Any) -> bool:
+    """Record the outcome if the lease is still mine (and drop the checkpoint); False: it is not, nothing written."""
+    with session_scope() as session:
+        moved = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.lease_token == token, Run.status == RUNNING)
+            .values(finished_at=utcnow(), lease_token=None, lease_expires_at=None, **values)
+        ).rowcount  # type: ignore[attr-defined]
+        if moved:
+            session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+        return bool(moved)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+UPSERT_CHECKPOINT = text(
+    "INSERT INTO checkpoint (run_id, epoch, data, created_at) VALUES (:run_id, :epoch, :data, :created_at)"
+    " ON CONFLICT (run_id) DO UPDATE SET epoch = excluded.epoch, data = excluded.data,"
+    " created_at = excluded.created_at"
+).bindparams(bindparam("data", type_=LargeBinary()), bindparam("created_at", type_=UTCDateTime()))
+
+
+def save_checkpoint(conn: Connection | Session, run_id: str, epoch: int, data: bytes) -> None:
+    """Keep only the newest checkpoint of a run (one row per run)."""
+    conn.execute(UPSERT_CHECKPOINT, {"run_id": run_id, "epoch": epoch, "data": data, "created_at": utcnow()})
+
+
+# --- dispatch: send, then stamp dispatched_at -------------------------------------------------------
+
+
+def _send(app: Celery, task: str, targets: Sequence[tuple[str, str]]) -> list[str]:
+    """Send one message per (id, queue); stops at the first failure (the broker is away). Returns the ids sent."""
+    sent: list[str] = []
+    for object_id, queue_name in targets:
+        try:
+            app.send_task(task, args=[object_id], queue=queue_name)
+        except Exception as exc:  # kombu, redis and socket errors alike: the reconciler sends it later
+            left = len(targets) - len(sent)
+            log.warning("could not send %s %s to %s (%d left unsent): %s", task, object_id, queue_name, left, exc)
+            break
+        sent.append(object_id)
+    return sent
+
+
+def _dispatch(
+    model: type[Run] | type[LrFinder], task: str, targets: Iterable[tuple[str, str]], app: Celery | None
+) -> int:
+    sent = _send(app or broker.client(), task, list(targets))
+    if sent:
+        try:
+            with session_scope() as session:
+                session.execute(update(model).where(model.id.in_(sent)).values(dispatched_at=utcnow()))
+        except Exception:  # sent but not stamped: the reconciler sends it once more, which is harmless
+            log.warning("could not stamp dispatched_at of %d %s rows", len(sent), model.__tablename__, exc_info=True)
+    return len(sent)
+
+
+def dispatch_runs(targets: Iterable[tuple[str, str]], *, app: Celery | None = None) -> int:
+    """After the commit: send each (run id, queue) and stamp it; never raises. Returns how many were sent."""
+    return _dispatch(Run, broker.TRAIN_RUN, targets, app)
+
+
+def dispatch_run(run_id: str, queue: str, *, app: Celery | None = None) -> bool:
+    return dispatch_runs([(run_id, queue)], app=app) == 1
+
+
+def dispatch_lr_finder(job_id: str, queue: str, *, app: Celery | None = None) -> bool:
+    return _dispatch(LrFinder, broker.FIND_LR, [(job_id, queue)], app) == 1
+
+
+# --- the reconciler -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Reconciled:
+    """What one pass did (ids), for logs and tests."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
+    lr_finders_requeued: list[str] = field(default_factory=list)
+    lr_finders_dispatched: list[str] = field(default_factory=list)
+    checkpoints_dropped: int = 0
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.requeued,
+                self.failed,
+                self.cancelled,
+                self.dispatched,
+                self.lr_finders_requeued,
+                self.lr_finders_dispatched,
+                self.checkpoints_dropped,
+            )
+        )
+
+
+def _send_locked(session: Session, app: Celery, task: str, rows: Sequence[Run] | Sequence[LrFinder]) -> list[str]:
+    """Send while the rows are locked, then stamp them; the commit releases them stamped (or NULL if unsent)."""
+    sent = _send(app, task, [(row.id, row.queue) for row in rows])
+    now = utcnow()
+    for row in rows:
+        if row.id in sent:
+            row.dispatched_at = now
+    return sent
+
+
+def _requeue_expired(session: Session, app: Celery, now: datetime, out: Reconciled) -> None:
+    """running with an expired lease -> queued (and sent), or failed/cancelled when that is the right end."""
+    rows = session.scalars(
+        select(Run)
+        .where(Run.status == RUNNING, Run.lease_expires_at < now)
+        .order_by(Run.lease_expires_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    requeued = []
+    for run in rows:
+        run.lease_token, run.lease_expires_at = None, None
+        if run.cancel_requested:  # its worker died while stopping it: stopped is what was asked for
+            run.status, run.finished_at = RunStatus.cancelled.value, now
+            out.cancelled.append(run.id)
+        elif run.attempts >= MAX_ATTEMPTS:
+            run.status, run.finished_at = RunStatus.failed.value, now
+            run.error = f"its worker was lost {run.attempts} times (last: {run.worker}); not retried again"
+            out.failed.append(run.id)
+        else:
+            run.status, run.dispatched_at = QUEUED, None
+            requeued.append(run)
+            out.requeued.append(run.id)
+    if requeued:
+        log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
+        out.dispatched += _send_locked(session, app, broker.TRAIN_RUN, requeued)
+    if out.failed or out.cancelled:
+        session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(out.failed + out.cancelled)))
+
+
+def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds: float) -> Any:
+    """Queued and never sent (past the grace the API needs to stamp it), or sent too long ago (lost message)."""
+    return and_(
+        model.status == QUEUED,
+        or_(
+            and_(model.dispatched_at.is_(None), model.created_at < now - timedelta(seconds=OUTBOX_GRACE_SECONDS)),
+            model.dispatched_at < now - timedelta(seconds=redispatch_seconds),
+        ),
+    )
+
+
+def _dispatch_unsent(session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled) -> None:
+    rows = session.scalars(
+        select(Run)
+        .where(_unsent(Run, now, settings.redispatch_seconds))
+        .order_by(Run.created_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if rows:
+        out.dispatched += _send_locked(session, app, broker.TRAIN_RUN, rows)
+
+
+def _reconcile_lr_finders(session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled) -> None:
+    # A job has no lease (a sweep is short); its worker's heartbeat stands in: gone for the heartbeat ttl
+    # while the job is running means the worker died with it.
+    fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
+    orphaned = session.scalars(
+        select(LrFinder)
+        .where(
+            LrFinder.status == RUNNING,
+            LrFinder.started_at < fresh,
+            ~exists().where(WorkerHeartbeat.hostname == LrFinder.worker, WorkerHeartbeat.last_seen_at >= fresh),
+        )
+        .limit(BATCH)
+        .with_for_update(skip_locked=True, of=LrFinder)
+    ).all()
+    for job in orphaned:
+        job.status, job.dispatched_at = QUEUED, None
+        out.lr_finders_requeued.append(job.id)
+    unsent = session.scalars(
+        select(LrFinder)
+        .where(_unsent(LrFinder, now, settings.redispatch_seconds))
+        .order_by(LrFinder.created_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    rows = list({job.id: job for job in [*orphaned, *unsent]}.values())  # the orphans are unsent now, too
+    if rows:
+        out.lr_finders_dispatched += _send_locked(session, app, broker.FIND_LR, rows)
+
+
+def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
+    """One pass: expired leases, the outbox, lost messages, orphaned lr-finder jobs, checkpoints of finished runs.
+
+    Each step is its own transaction, so a failure in one (or a broker that is away) leaves the others done.
+    """
+    app = app or broker.client()
+    settings = settings or get_settings()
+    out = Reconciled()
+    with session_scope() as session:
+        _requeue_expired(session, app, utcnow(), out)
+    with session_scope() as session:
+        _dispatch_unsent(session, app, settings, utcnow(), out)
+    with session_scope() as session:
+        _reconcile_lr_finders(session, app, settings, utcnow(), out)
+    with session_scope() as session:
+        # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
+        out.checkpoints_dropped = session.execute(
+            delete(Checkpoint).where(~exists().where(Run.id == Checkpoint.run_id, Run.status.in_((QUEUED, RUNNING))))
+        ).rowcount  # type: ignore[attr-defined]
+    return out

@@ -1,0 +1,187 @@
+"""Nothing lost, nothing twice: a worker killed mid-run, a send that never happened, a broker restart.
+
+Each test runs its own worker processes on a private queue (the session's shared worker serves `cpu`),
+with leases of seconds instead of the default half minute.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from lrlab import leases, store
+from lrlab.db import session_scope
+from lrlab.models import Checkpoint, CurvePoint, Run
+from lrlab.queue import make_celery
+from lrlab.schemas import RunSpec
+from lrlab.settings import Settings
+from tests.conftest import start_worker, stop_process, wait_for
+
+pytestmark = pytest.mark.service
+
+FAST = {
+    "LRLAB_LEASE_SECONDS": "2",
+    "LRLAB_RECONCILE_SECONDS": "0.5",
+    "LRLAB_CHECKPOINT_SECONDS": "0",
+    "LRLAB_PROGRESS_FLUSH_SECONDS": "0",
+}
+CRASH_SPEC = RunSpec.model_validate({"dataset": "digits", "epochs": 40, "batch_size": 32, "seed": 3})
+
+
+def create_run(spec: RunSpec, queue: str) -> str:
+    with session_scope() as s:
+        return store.create_run(s, spec, queue).id
+
+
+def run_row(run_id: str) -> Run:
+    with session_scope() as s:
+        found = s.get(Run, run_id)
+        assert found is not None
+        return found
+
+
+def curve(run_id: str) -> list[dict[str, Any]]:
+    with session_scope() as s:
+        return [
+            {k: v for k, v in p.items() if k != "seconds"}  # wall time differs between any two runs
+            for p in store.points(s, run_id)
+        ]
+
+
+def finished(run_id: str) -> Run | None:
+    got = run_row(run_id)
+    return got if got.status not in ("queued", "running") else None
+
+
+def uninterrupted_curve(spec: RunSpec) -> list[dict[str, Any]]:
+    """The same spec trained start to end in this process, one thread as on the workers."""
+    import torch
+
+    import trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = trainer.train(trainer.RunConfig.from_spec(spec.to_json()), device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return [
+        {k: v for k, v in store.point_row("", vars(p)).items() if k not in ("run_id", "seconds")} for p in result.points
+    ]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        stop_process(proc, timeout=10)
+
+
+def test_kill_9_mid_run_resumes_from_checkpoint_once(
+    service_env: dict[str, str], workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    env = {**service_env, **FAST}
+    first = start_worker(env, "--queues", "crash", log=tmp_path / "first.log")
+    workers.append(first)
+    run_id = create_run(CRASH_SPEC, "crash")
+    assert leases.dispatch_run(run_id, "crash")
+
+    def checkpointed() -> bool:
+        with session_scope() as s:
+            ckpt = s.get(Checkpoint, run_id)
+            return ckpt is not None and ckpt.epoch >= 5
+
+    wait_for(checkpointed, 60, "a checkpoint at epoch 5 or later")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    at_kill = run_row(run_id)
+    assert at_kill.status == "running" and at_kill.attempts == 1
+    assert len(curve(run_id)) < CRASH_SPEC.epochs, "the run finished before the kill; make it longer"
+
+    second_log = tmp_path / "second.log"
+    workers.append(start_worker(env, "--queues", "crash", log=second_log))
+    done = wait_for(lambda: finished(run_id), 60, "the run to finish on the second worker")
+    assert done.status == "succeeded", (done.error, second_log.read_text()[-3000:])
+    assert done.attempts == 2 and done.lease_token is None
+    assert "resumes after epoch" in second_log.read_text()  # from the checkpoint, not epoch 1
+    got = curve(run_id)
+    assert [p["epoch"] for p in got] == list(range(1, CRASH_SPEC.epochs + 1))
+    assert got == uninterrupted_curve(CRASH_SPEC)
+    assert done.summary is not None and done.summary["epochs_completed"] == CRASH_SPEC.epochs
+    with session_scope() as s:
+        assert s.get(Checkpoint, run_id) is None
+
+
+def test_run_never_sent_is_delivered_by_the_reconciler(
+    service_env: dict[str, str], workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    # As if the API committed and then its send failed: no message anywhere, dispatched_at NULL.
+    run_id = create_run(RunSpec(dataset="blobs", epochs=2), "outbox")
+    assert run_row(run_id).dispatched_at is None
+    workers.append(start_worker({**service_env, **FAST}, "--queues", "outbox", log=tmp_path / "w.log"))
+    done = wait_for(lambda: finished(run_id), 60, "the unsent run to finish")
+    assert done.status == "succeeded" and done.attempts == 1 and done.dispatched_at is not None
+    assert [p["epoch"] for p in curve(run_id)] == [1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_redis_restart_keeps_queued_runs(
+    service_env: dict[str, str], workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    argv = [server, "--port", str(port), "--appendonly", "yes", "--dir", str(tmp_path), "--save", ""]
+    log = (tmp_path / "redis.log").open("ab")
+    broker = redis.Redis.from_url(url)
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        workers.append(proc)
+        wait_for(lambda: _ping(broker), 10, "redis to start")
+        return proc
+
+    first = start_redis()
+    ids = [create_run(RunSpec(dataset="blobs", epochs=2, seed=s), "aof") for s in range(2)]
+    app = make_celery(Settings(broker_url=url))
+    assert leases.dispatch_runs([(run_id, "aof") for run_id in ids], app=app) == 2
+    assert broker.llen("aof") == 2
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown"], check=False, capture_output=True, timeout=10)
+    first.wait(timeout=10)
+    start_redis()
+    assert broker.llen("aof") == 2  # replayed from the append-only file
+
+    # A day between redispatches: whatever runs now came through the broker, not the reconciler.
+    env = {**service_env, **FAST, "LRLAB_BROKER_URL": url, "LRLAB_REDISPATCH_SECONDS": "86400"}
+    workers.append(start_worker(env, "--queues", "aof", log=tmp_path / "w.log"))
+    for run_id in ids:
+        done = wait_for(lambda run_id=run_id: finished(run_id), 60, "a run queued before the restart")
+        assert done.status == "succeeded" and done.attempts == 1
+        with session_scope() as s:
+            rows = s.scalars(select(CurvePoint.epoch).where(CurvePoint.run_id == run_id)).all()
+        assert sorted(rows) == [1, 2]
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
