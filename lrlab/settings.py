@@ -53,6 +53,7 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Checkpoints are saved at most this often (0: every epoch)."
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with run_id.")
 
     @field_validator("database_url", "broker_url")
     @classmethod

@@ -422,3 +422,10 @@ def test_config_validates_with_docker_compose() -> None:
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_flower_watches_the_same_broker() -> None:
+    flower = _services()["flower"]
+    broker = _environment(_service("api"))["LRLAB_BROKER_URL"]
+    assert f"--broker={broker}" in flower["command"] and "flower" in flower["command"]
+    assert _depends_on(flower) == {"redis": "service_healthy"}
