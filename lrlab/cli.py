@@ -72,6 +72,15 @@ def cmd_api(args: argparse.Namespace) -> int:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _die_with_parent() -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so `lrlab up` may end before its `finally`
+    # stops the worker: have the kernel send the worker SIGTERM when its parent goes (Linux prctl).
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """API and one worker on this machine; with no LRLAB_* URLs set, no servers are needed at all."""
     import uvicorn
@@ -88,6 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     worker = subprocess.Popen(
         [sys.executable, "-m", "lrlab.cli", "worker", "--concurrency", "1", "--loglevel", args.loglevel],
         env={**os.environ, "LRLAB_DATA_DIR": str(settings.data_dir)},
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     keys = "no API keys (loopback)" if settings.auth == "disabled" else "API keys required (lrlab keys create)"
     print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs; {keys}", flush=True)
