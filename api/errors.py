@@ -54,7 +54,9 @@ async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
         if "input" in err and _json_safe(err["input"]):
             item["input"] = err["input"]
         if "ctx" in err:
-            item["ctx"] = {k: v if _json_safe(v) else str(v) for k, v in err["ctx"].items()}
+            item["ctx"] = {
+                k: v if _json_safe(v) and not isinstance(v, Exception) else str(v) for k, v in err["ctx"].items()
+            }
         errors.append(item)
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 

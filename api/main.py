@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from api import errors
 from api.events import EventHub
 from api.limits import JsonBodyLimit
-from api.routes import catalog, compare, events, experiments, health, lr_finder, metrics, runs
+from api.routes import catalog, compare, dashboard, datasets, events, experiments, health, lr_finder, metrics, runs
 from lrlab import __version__
 from lrlab.settings import get_settings
 
@@ -23,7 +23,9 @@ and charts.
 needs none. Another owner's runs, experiments and jobs answer 404 and never appear in lists.
 
 **Limits** (defaults; set by the operator):
-- JSON request bodies: at most 1 MiB (`LRLAB_MAX_JSON_BODY_BYTES`) — 413 above.
+- JSON request bodies: at most 1 MiB (`LRLAB_MAX_JSON_BODY_BYTES`) — 413 above. Dataset uploads (multipart) are
+  not JSON: one file at most 2 GiB (`LRLAB_MAX_UPLOAD_BYTES`) — 413; an archive expanding past 4 GiB
+  (`LRLAB_MAX_EXTRACTED_BYTES`) — 413; uploads stored per key at most 20 GiB (`LRLAB_MAX_STORAGE_BYTES_PER_KEY`) — 429.
 - A grid: at most 256 cells — 422 above (invalid input, not a quota).
 - Active (queued + running) runs per key: 100 (`LRLAB_MAX_ACTIVE_RUNS_PER_KEY`) — 429 with `Retry-After`.
 - Work of one request, epochs × training samples summed over its runs: 2e9 (`LRLAB_MAX_REQUEST_WORK`) — 429.
@@ -48,10 +50,12 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(catalog.router)
     app.include_router(runs.router)
+    app.include_router(datasets.router)
     app.include_router(events.router)
     app.include_router(experiments.router)
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
+    app.include_router(dashboard.router)
     app.middleware("http")(metrics.time_requests)
     app.add_middleware(JsonBodyLimit, max_bytes=lambda: get_settings().max_json_body_bytes)
     return app

@@ -1,16 +1,30 @@
-"""Quota checks as HTTP errors: 429 with Retry-After, naming the limit."""
+"""Checks on what a request's run specs name and ask for: uploaded datasets (404), quotas (429 with Retry-After)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from lrlab import quotas
-from lrlab.schemas.spec import RunSpec
+from lrlab import quotas, uploads
+from lrlab.schemas.spec import DatasetRef, RunSpec
 from lrlab.settings import Settings
 
 
-def check_quota(session: Session, owner: str, specs: list[RunSpec], settings: Settings) -> None:
+def check_datasets(session: Session, owner: str, refs: Sequence[DatasetRef], at: Sequence[str] = ("body",)) -> None:
+    """Every uploaded dataset named must be the caller's own: 404 otherwise (as for any other owner's object)."""
+    try:
+        uploads.owned(session, owner, [ref.id for ref in refs if ref.id is not None])
+    except uploads.UnknownDataset as exc:
+        raise ApiError(404, [*at, "dataset", "id"], str(exc), "not_found") from exc
+
+
+def check_quota(
+    session: Session, owner: str, specs: list[RunSpec], settings: Settings, at: Sequence[str] = ("body",)
+) -> None:
+    """`at` is where the specs' fields sit in the body: ("body",) for a run, ("body", "base") for a grid."""
+    check_datasets(session, owner, [s.dataset for s in specs], at)
     try:
         quotas.check_runs(session, owner, specs, settings)
     except quotas.QuotaExceeded as exc:

@@ -1,4 +1,4 @@
-"""What the service offers, described without torch: built-in datasets, models, optimizers, schedules."""
+"""What the service offers, described without torch: datasets (built-in and uploaded), models, optimizers, schedules."""
 
 from __future__ import annotations
 
@@ -47,9 +47,17 @@ def parameters(schema: type[BaseModel]) -> dict[str, dict[str, Any]]:
     return {k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in props.items() if k not in SKIP}
 
 
-def catalog() -> dict[str, Any]:
+def catalog(uploads: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`uploads`: the caller's uploaded datasets (DatasetPublic as JSON); a run names one as {"id": ...}."""
     return {
         "datasets": [{"name": name, **meta} for name, meta in DATASETS.items()],
+        "uploads": [
+            {
+                **{k: d[k] for k in ("id", "name", "kind", "input_shape", "n_classes", "n_samples", "class_names")},
+                "spec": {"dataset": {"id": d["id"]}},
+            }
+            for d in uploads or []
+        ],
         "models": [{"name": name, "parameters": parameters(s)} for name, s in MODELS.items()],
         "optimizers": [{"name": name, "hyperparameters": parameters(s)} for name, s in OPTIMIZER_SCHEMAS.items()],
         "schedules": [{"kind": kind, "parameters": parameters(s)} for kind, s in SCHEDULE_SCHEMAS.items()],

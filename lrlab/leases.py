@@ -199,17 +199,19 @@ class Reconciled:
     checkpoints_dropped: int = 0
 
     def __bool__(self) -> bool:
-        return any(
-            (
-                self.requeued,
-                self.failed,
-                self.cancelled,
-                self.dispatched,
-                self.lr_finders_requeued,
-                self.lr_finders_dispatched,
-                self.checkpoints_dropped,
-            )
-        )
+        return bool(str(self))
+
+    def __str__(self) -> str:
+        """The non-empty parts, e.g. `requeued 1 (3f2a...), dispatched 1`."""
+        parts = []
+        for name in ("requeued", "failed", "cancelled", "dispatched", "lr_finders_requeued", "lr_finders_dispatched"):
+            ids: list[str] = getattr(self, name)
+            if ids:
+                shown = f" ({', '.join(ids)})" if name in ("requeued", "failed", "cancelled") else ""
+                parts.append(f"{name.replace('_', ' ')} {len(ids)}{shown}")
+        if self.checkpoints_dropped:
+            parts.append(f"checkpoints dropped {self.checkpoints_dropped}")
+        return ", ".join(parts)
 
 
 def _send_locked(session: Session, app: Celery, task: str, rows: Sequence[Run] | Sequence[LrFinder]) -> list[str]:

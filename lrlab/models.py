@@ -1,4 +1,4 @@
-"""Tables: runs and their curves and checkpoints, experiments, lr-finder jobs, keys, idempotency, workers."""
+"""Tables: runs and their curves and checkpoints, experiments, lr-finder jobs, uploaded datasets, keys, workers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -198,4 +199,38 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int]
     body: Mapped[dict[str, Any]]
     location: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Blob(Base):
+    """An uploaded file in the blob store, by content hash; deleted once no dataset row names it.
+
+    Its row is also the lock that orders an upload putting the file against a delete removing it.
+    """
+
+    __tablename__ = "blob"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An owner's uploaded dataset: what validation found in a blob. The same bytes upload to the same row."""
+
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("owner", "sha256", "label_column"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), default=LOCAL_OWNER)  # indexed by the unique constraint
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # npz | csv | images
+    sha256: Mapped[str] = mapped_column(ForeignKey("blob.sha256"), index=True)
+    # CSV only: the column holding the labels ("" for other kinds, so the unique constraint can see it).
+    label_column: Mapped[str] = mapped_column(String(200), default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    n_samples: Mapped[int]
+    n_classes: Mapped[int]
+    input_shape: Mapped[list[Any]]
+    class_names: Mapped[list[Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -43,6 +43,16 @@ class Settings(BaseSettings):
         2e9, gt=0, description="Epochs x training samples one request may ask for, summed over its runs."
     )
     max_json_body_bytes: int = Field(1 << 20, ge=1024, description="Larger JSON request bodies get 413.")
+    max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest dataset file one upload may carry (413 above).")
+    max_storage_bytes_per_key: int = Field(
+        20 << 30, ge=1, description="Uploaded dataset bytes one owner may keep stored (429 above)."
+    )
+    max_extracted_bytes: int = Field(
+        4 << 30, ge=1, description="Largest total an uploaded archive (.zip, .tar.gz, .npz) may expand to (413 above)."
+    )
+    max_compression_ratio: float = Field(
+        200.0, gt=1, description="An archive member (or a .tar.gz) expanding over this x its packed size is refused."
+    )
     idempotency_ttl_hours: float = Field(24.0, ge=24, description="How long an Idempotency-Key is remembered.")
     lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker is silent this long is requeued.")
     reconcile_seconds: float = Field(5.0, gt=0, description="How often each worker looks for lost or unsent runs.")
@@ -84,6 +94,21 @@ class Settings(BaseSettings):
     @property
     def is_embedded_broker(self) -> bool:
         return self.broker_url.startswith("sqla+sqlite")
+
+    @property
+    def blob_dir(self) -> Path:
+        """Uploaded files by content hash (LocalBlobStore); on the data volume api and workers share."""
+        return self.data_dir / "blobs"
+
+    @property
+    def upload_cache_dir(self) -> Path:
+        """Where workers unpack uploaded datasets for the trainer, by content hash.
+
+        It sits under dataset_root because the trainer opens user data only there; the leading dot keeps a
+        run spec's `dataset.path` (which must start with a letter, digit or `_`) from naming it.
+        """
+        assert self.dataset_root is not None
+        return self.dataset_root / ".uploads"
 
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from trainer.lr_finder import LrFinderResult, LrPoint, lr_range_test
     from trainer.models import MODELS, build_model
     from trainer.optim import OPTIMIZERS, build_optimizer
+    from trainer.population import MemberResult, fusable, plan_groups, train_population
 
 # The configs and schedules are plain Python; everything else imports torch (about a second and a
 # half), so it loads on first use and `from trainer import RunConfig` stays cheap.
@@ -42,6 +43,10 @@ _LAZY = {
     "build_model": "trainer.models",
     "OPTIMIZERS": "trainer.optim",
     "build_optimizer": "trainer.optim",
+    "MemberResult": "trainer.population",
+    "fusable": "trainer.population",
+    "plan_groups": "trainer.population",
+    "train_population": "trainer.population",
 }
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "EpochPoint",
     "LrFinderResult",
     "LrPoint",
+    "MemberResult",
     "ModelConfig",
     "OptimizerConfig",
     "RunConfig",
@@ -64,11 +70,14 @@ __all__ = [
     "build_optimizer",
     "checkpoint_from_bytes",
     "checkpoint_to_bytes",
+    "fusable",
     "load_dataset",
     "lr_at",
     "lr_range_test",
+    "plan_groups",
     "resolve_device",
     "train",
+    "train_population",
 ]
 
 

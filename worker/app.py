@@ -68,6 +68,28 @@ def _reconcile_loop() -> None:
         _stop.wait(interval * random.uniform(0.8, 1.2))
 
 
+def _load_torch() -> None:
+    # Importing torch takes seconds on a busy machine; done here, before the worker consumes, a task
+    # claims its run within milliseconds of receiving it. A worker killed between receiving a message
+    # and claiming the run loses that message until the reconciler sends it again (redispatch_seconds).
+    import trainer.loop  # noqa: F401
+
+
+@signals.worker_init.connect
+def _warm_main_process(sender: object, **_: object) -> None:
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):  # the prefork parent never imports torch
+        _load_torch()
+
+
+@signals.worker_process_init.connect
+def _warm_pool_process(**_: object) -> None:
+    _load_torch()
+
+
 @signals.worker_ready.connect
 def _start_heartbeat(sender: object, **_: object) -> None:
     consumer = getattr(sender, "consumer", None) or sender

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, update
 from sqlalchemy.exc import OperationalError
 
 import trainer
+import trainer.loop  # torch now, before any lease is taken: its import stalls the writer thread for a second or more
 from lrlab import leases
 from lrlab.analysis import summarize
 from lrlab.db import session_scope
@@ -26,6 +27,7 @@ from lrlab.models import CurvePoint, Run
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from lrlab.store import points
+from worker.datasets import materialize
 from worker.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
@@ -69,16 +71,18 @@ def _checkpointer(run_id: str, progress: ProgressWriter, every: float) -> Callab
     epoch's point or in the same one (the queue is FIFO and the point is put first): a stored checkpoint
     for epoch k always comes with points 1..k stored, and a resume rewrites k+1.. by upsert.
     """
-    last = -math.inf
+    last, newest = -math.inf, 0
 
     def save(ckpt: trainer.Checkpoint) -> None:
-        nonlocal last
+        nonlocal last, newest
         now = time.monotonic()
         if now - last < every:
             return
-        last = now
+        last, newest = now, ckpt.epoch
 
         def write(conn: Connection) -> None:
+            if ckpt.epoch < newest:  # superseded by one already queued behind it: skip the serialisation
+                return
             leases.save_checkpoint(conn, run_id, ckpt.epoch, trainer.checkpoint_to_bytes(ckpt))
 
         progress.put_action(write)
@@ -113,7 +117,7 @@ def execute_run(run_id: str, worker: str) -> None:
         flush_seconds=settings.progress_flush_seconds,
     )
     try:
-        config = trainer.RunConfig.from_spec(claim.spec)
+        config = trainer.RunConfig.from_spec(materialize(claim.spec))
         device = trainer.resolve_device(claim.spec.get("device", "auto"))
         progress.put_action(lambda conn: conn.execute(update(Run).where(Run.id == run_id).values(device=str(device))))
         result = trainer.train(

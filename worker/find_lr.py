@@ -19,6 +19,7 @@ from lrlab.models import LrFinder, utcnow
 from lrlab.schemas import RunStatus
 from lrlab.schemas.experiments import LrFinderCreate
 from lrlab.settings import get_settings
+from worker.datasets import materialize
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def execute_lr_finder(job_id: str, worker: str) -> None:
     try:
         request = LrFinderCreate.model_validate(spec)
         result = trainer.lr_range_test(
-            trainer.RunConfig.from_spec(request.run_spec()),
+            trainer.RunConfig.from_spec(materialize(request.run_spec())),
             min_lr=request.min_lr,
             max_lr=request.max_lr,
             steps=request.steps,

@@ -39,7 +39,7 @@ def create_experiment(
         cells = experiments.expand(request)
     except experiments.CellError as exc:
         raise ApiError(422, ["body", "grid", "cell", exc.index], str(exc)) from exc
-    check_quota(session, owner, [c.spec for c in cells], settings)
+    check_quota(session, owner, [c.spec for c in cells], settings, at=("body", "base"))
     queue.ensure_broker()
     experiment, runs = experiments.create_experiment(session, request, cells, owner=owner)
     created = ExperimentCreated(id=experiment.id, runs=[r.id for r in runs])

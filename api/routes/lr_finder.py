@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from api.deps import IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
+from api.quota import check_datasets
 from lrlab import leases, lr_finder, queue, store
 from lrlab.charts import render_lr_finder_chart
 from lrlab.models import LrFinder
@@ -30,6 +31,7 @@ def create_lr_finder(
     """Sweep lr exponentially over `steps` training steps; the answer carries `suggested_lr` and `suggested_grid`."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
+    check_datasets(session, owner, [request.dataset])
     queue.ensure_broker()
     job = lr_finder.create_job(session, request, owner=owner)
     location = f"/v1/lr-finder/{job.id}"

@@ -103,7 +103,7 @@ class LrFinderCreate(Strict):
         default_factory=lambda: AdamSpec(name="adam"), description="Its lr is ignored: the finder sweeps it."
     )
     min_lr: Lr = 1e-7
-    max_lr: Lr = 10.0
+    max_lr: Lr = Field(10.0, validate_default=True)  # checked against min_lr even when left out
     steps: int = Field(100, ge=10, le=10_000)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     seed: int = Field(0, ge=0, le=2**31 - 1)

@@ -33,7 +33,7 @@ Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 class DatasetRef(Strict):
-    """A built-in dataset by `name`, or a user's file or image folder by `path` under the dataset root."""
+    """A built-in dataset by `name`, an uploaded one by `id`, or a file or image folder by `path` under the root."""
 
     name: Literal["digits", "mnist1d", "spirals", "blobs"] | None = Field(None, description="Built-in dataset.")
     path: str | None = Field(
@@ -42,6 +42,14 @@ class DatasetRef(Strict):
         max_length=500,
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/ ]*$",
         description="Relative path under the dataset root: a .npz with x and y, or a folder of class sub-folders.",
+    )
+    # Left out of the stored spec when unset, so specs naming a built-in or a path keep their earlier form.
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=36,
+        exclude_if=lambda value: value is None,
+        description="An uploaded dataset's id (POST /v1/datasets); the caller's own.",
     )
     image_size: int = Field(32, ge=4, le=256, description="Images are resized to image_size x image_size.")
 
@@ -59,12 +67,17 @@ class DatasetRef(Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> DatasetRef:
-        if (self.name is None) == (self.path is None):
-            raise ValueError("give exactly one of `name` (a built-in dataset) or `path` (a file under the root)")
+        if sum(v is not None for v in (self.name, self.path, self.id)) != 1:
+            raise ValueError(
+                "give exactly one of `name` (a built-in dataset), `id` (an uploaded one) or `path` (a file under"
+                " the dataset root)"
+            )
         return self
 
     @property
     def label(self) -> str:
+        if self.id is not None:
+            return f"upload:{self.id}"
         return self.name or f"file:{self.path}"
 
 

@@ -84,7 +84,7 @@ def uninterrupted_curve(spec: RunSpec) -> list[dict[str, Any]]:
 def workers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
-    for proc in procs:
+    for proc in reversed(procs):  # a worker before the redis it uses
         stop_process(proc, timeout=10)
 
 
@@ -185,3 +185,12 @@ def _ping(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_post_run_stamps_dispatched_at(api_client: Any) -> None:
+    # device cuda: the gpu queue, which no test worker consumes, so the row stays queued
+    resp = api_client.post("/v1/runs", json={"device": "cuda", "epochs": 1})
+    assert resp.status_code == 202, resp.text
+    run = run_row(resp.json()["id"])
+    assert run.status == "queued" and run.dispatched_at is not None and run.dispatched_at >= run.created_at
+    api_client.post(f"/v1/runs/{run.id}/cancel")

@@ -1,0 +1,296 @@
+"""The dashboard in headless Chromium: the form, live curves, experiment charts, the lr finder, API keys.
+
+Drives Debian's /usr/bin/chromium through Playwright (no browser download). Without it the tests skip,
+except under CI (CI=true), where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, stop_process, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+RUN_PATH = re.compile(r".*/runs/[0-9a-f-]{36}$")
+EXPERIMENT_PATH = re.compile(r".*/experiments/[0-9a-f-]{36}$")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
+    return {**env, "LRLAB_DATA_DIR": str(data_dir), **extra}
+
+
+def _http(method: str, url: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except OSError:
+        return 0, None
+
+
+def _serve(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lrlab.cli", *args, "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _http("GET", f"{base}/healthz")[0] == 200 or proc.poll() is not None, 60, "the api")
+    except AssertionError:
+        stop_process(proc)
+        raise
+    if proc.poll() is not None:
+        pytest.fail(f"lrlab {args[0]} exited:\n{log.read_text()[-3000:]}")
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    problem = None if CHROMIUM.exists() else f"{CHROMIUM} is missing (apt-get install chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        problem = "the playwright package is missing (pip install -e '.[dev]')"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a browser for the dashboard tests: {problem}")
+        pytest.skip(problem)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (its own localStorage); an uncaught script error fails the test."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`lrlab up` on loopback (no keys) with its own data dir; yields the base URL."""
+    data_dir = tmp_path_factory.mktemp("dashboard-data")
+    log = data_dir / "up.log"
+    proc, base = _serve(["up"], _env(data_dir), log)
+    try:
+        yield base
+    finally:
+        stop_process(proc)
+
+
+def _points(page: Any, chart: str, series: str) -> int:
+    path = page.locator(f"[data-chart={chart}] [data-role=series][data-series={series}]")
+    return int(path.get_attribute("data-points")) if path.count() else 0
+
+
+def _status(page: Any) -> str:
+    return str(page.locator("h1 [data-role=status]").inner_text())
+
+
+def test_pages_and_assets_are_served_outside_the_api_schema(up: str) -> None:
+    for path in ("/", "/runs/x", "/experiments/x", "/compare?runs=a,b", "/lr-finder/x"):
+        with urllib.request.urlopen(f"{up}{path}", timeout=10) as resp:
+            assert resp.headers["content-type"].startswith("text/html")
+            assert b'src="/static/dashboard.js"' in resp.read()
+    with urllib.request.urlopen(f"{up}/static/chart.js", timeout=10) as resp:
+        assert resp.headers["content-type"].startswith("text/javascript")
+        assert b"export class LineChart" in resp.read()
+    for name in ("nope.js", "index.html", "..%2Fmain.py"):
+        status, body = _http("GET", f"{up}/static/{name}")
+        assert status in (404, 422) and "detail" in body, (name, body)  # never the file, never a 500
+    paths = _http("GET", f"{up}/openapi.json")[1]["paths"]
+    assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/experiments", "/compare", "/static"))]
+
+
+def test_submit_run_from_form_streams_curves_until_succeeded(up: str, page: Any) -> None:
+    page.goto(f"{up}/")
+    page.select_option("#f-dataset", "spirals")
+    page.fill("#f-epochs", "15")
+    page.fill("#f-batch_size", "8")  # small batches: about 4 s of training, long enough to watch it grow
+    page.click("button[data-action=run]")
+    page.wait_for_url(RUN_PATH)
+    run_id = page.url.rsplit("/", 1)[1]
+
+    seen: list[int] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        seen.append(_points(page, "accuracy", "val"))
+        if _status(page) not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    seen.append(_points(page, "accuracy", "val"))
+    assert _status(page) == "succeeded", _http("GET", f"{up}/v1/runs/{run_id}")
+    assert seen == sorted(seen), seen  # points only ever arrive
+    assert any(0 < n < 15 for n in seen), f"never saw a partial curve: {sorted(set(seen))}"
+    assert seen[-1] == 15
+    for chart, series in (("accuracy", "train"), ("loss", "train"), ("loss", "val")):
+        assert _points(page, chart, series) == 15
+    assert page.locator("[data-role=epochs]").inner_text() == "epoch 15 / 15"
+    assert "best val accuracy" in page.locator(".side").inner_text()
+
+
+def test_grid_from_form_overlays_one_series_per_run(up: str, page: Any) -> None:
+    page.goto(f"{up}/")
+    page.select_option("#f-dataset", "spirals")
+    page.fill("#f-epochs", "4")
+    page.fill("#f-name", "dashboard grid")
+    page.fill("#f-grid_lr", "0.001, 0.01, 0.1")
+    page.click("button[data-action=grid]")
+    page.wait_for_url(EXPERIMENT_PATH)
+    experiment_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_function(
+        "document.querySelector('h1 [data-role=status]')?.textContent === 'finished'", timeout=90_000
+    )
+
+    run_ids = {r["id"] for r in _http("GET", f"{up}/v1/experiments/{experiment_id}")[1]["runs"]}
+    acc = page.locator("[data-chart=accuracy]")
+    series = acc.locator("[data-role=series]")
+    assert series.count() == 3
+    assert {series.nth(i).get_attribute("data-series") for i in range(3)} == run_ids
+    assert all(int(series.nth(i).get_attribute("data-points")) == 4 for i in range(3))
+    assert page.locator("[data-role=compare] tbody tr").count() == 3
+
+    # a legend entry toggles its series off and on again
+    first = sorted(run_ids)[0]
+    entry = acc.locator(f"[data-role=legend][data-series='{first}']")
+    entry.click()
+    assert series.count() == 2 and acc.locator(f"[data-role=series][data-series='{first}']").count() == 0
+    assert entry.get_attribute("aria-pressed") == "false"
+    entry.click()
+    assert series.count() == 3 and entry.get_attribute("aria-pressed") == "true"
+
+    # the log-scale toggle changes the loss axis
+    loss = page.locator("[data-chart=loss]")
+    linear_ticks = loss.locator("[data-role=y-tick]").all_inner_texts()
+    loss.locator("[data-role=log-toggle]").check()
+    assert loss.get_attribute("data-scale") == "log"
+    assert loss.locator("[data-role=y-tick]").all_inner_texts() != linear_ticks
+    assert loss.locator("[data-role=series]").count() == 3
+
+    # hovering shows the nearest point: its run, epoch and value
+    tooltip = loss.locator("[data-role=tooltip]")
+    assert tooltip.is_hidden()
+    loss.locator(".overlay").hover()
+    assert tooltip.is_visible()
+    text = tooltip.inner_text()
+    assert re.search(r"lr=0\.0?\d+", text) and re.search(r"epoch [1-4]", text), text
+    assert re.search(r"val_loss \d+(\.\d+)?", text), text
+
+    # the same view for any runs by id
+    two = sorted(run_ids)[:2]
+    page.goto(f"{up}/compare?runs={','.join(two)}")
+    page.wait_for_selector("[data-role=compare] tbody tr")
+    assert page.locator("[data-chart=accuracy] [data-role=series]").count() == 2
+
+
+def test_lr_finder_page_marks_the_suggestion(up: str, page: Any) -> None:
+    status, job = _http("POST", f"{up}/v1/lr-finder", {"dataset": "digits", "optimizer": {"name": "sgd"}, "steps": 30})
+    assert status == 202, job
+
+    def done() -> Any:
+        body = _http("GET", f"{up}/v1/lr-finder/{job['id']}")[1]
+        return body if body["status"] not in ("queued", "running") else None
+
+    job = wait_for(done, 90, "the lr finder", interval=0.3)
+    assert job["status"] == "succeeded" and job["suggested_lr"] is not None, job
+    page.goto(f"{up}/lr-finder/{job['id']}")
+    marker = page.locator("[data-chart=lr-finder] [data-role=marker]")
+    marker.wait_for()
+    assert float(marker.get_attribute("data-value")) == pytest.approx(job["suggested_lr"])
+    assert "suggested lr" in (marker.text_content() or "")
+    paths = page.locator("[data-chart=lr-finder] [data-role=series]")
+    assert paths.count() == 2
+    assert int(paths.first.get_attribute("data-points")) == sum(p["loss"] is not None for p in job["points"])
+    assert page.locator("[data-role=suggested-grid] li").count() == len(job["suggested_grid"]) > 0
+
+
+def test_key_prompt_stores_the_key_and_sends_it_on_every_call(tmp_path: Path, page: Any) -> None:
+    env = _env(tmp_path / "data", LRLAB_AUTH="required")
+    created = subprocess.run(
+        [sys.executable, "-m", "lrlab.cli", "keys", "create", "--name", "ui"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    proc, base = _serve(["api"], env, tmp_path / "api.log")
+    try:
+        assert _http("GET", f"{base}/v1/runs")[0] == 401
+        status, run = _http("POST", f"{base}/v1/runs", {"dataset": "digits", "epochs": 2}, key=key)
+        assert status == 202, run  # no worker here: it stays queued
+
+        page.goto(f"{base}/")
+        prompt = page.locator("#key-prompt")
+        prompt.wait_for(state="visible")
+        page.fill("#key-input", "not-a-key")
+        page.click("#key-submit")
+        page.wait_for_function("document.getElementById('key-message').textContent.includes('refused')")
+        assert prompt.is_visible()
+        page.fill("#key-input", key)
+        page.click("#key-submit")
+        row = page.locator(f"[data-role=runs] tr[data-run-id='{run['id']}']")
+        row.wait_for()
+        assert run["id"][:8] in row.inner_text() and "queued" in row.inner_text()
+        assert prompt.is_hidden()
+        assert page.evaluate("localStorage.getItem('lrlab.apiKey')") == key
+
+        # the next page asks nothing, and its event stream (fetch, not EventSource) carries the key
+        with page.expect_request(lambda r: r.url.endswith(f"/v1/runs/{run['id']}/events")) as stream:
+            page.click(f"a[href='/runs/{run['id']}']")
+        assert stream.value.headers.get("authorization") == f"Bearer {key}"
+        page.wait_for_selector("h1 [data-role=status]")
+        assert _status(page) == "queued" and prompt.is_hidden()
+    finally:
+        page.goto("about:blank")  # close the open stream first: uvicorn waits for it before exiting
+        stop_process(proc)

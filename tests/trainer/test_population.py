@@ -1,0 +1,322 @@
+"""The fused population engine against its reference, K independent trainer.train runs, epoch by epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+
+from trainer import loop
+from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
+from trainer.data import Dataset
+from trainer.loop import EpochPoint, TrainResult, train
+from trainer.models import build_model
+from trainer.population import (
+    MemberResult,
+    StackedOptimizer,
+    fusable,
+    plan_groups,
+    train_population,
+    why_not_fusable,
+)
+from trainer.population.stack import StackedParameters
+
+SMALL = ModelConfig("mlp", {"hidden": [32, 16]})
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Stacked tensors are big enough for torch to split ops over OpenMP threads, whose spinning on a
+    2-core machine shared with other processes made the 16-member test ~10x slower; workers use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The reference in float64: weights built under a float64 default, on the same data cast to float64."""
+    load = loop.load_dataset
+
+    def load_float64(*args: Any, **kwargs: Any) -> Dataset:
+        data = load(*args, **kwargs)  # cached and shared: cast copies, never the cached tensors
+        return replace(data, x_train=data.x_train.double(), x_val=data.x_val.double())
+
+    monkeypatch.setattr(loop, "load_dataset", load_float64)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def assert_same_run(fused: MemberResult, reference: TrainResult, rel: float) -> None:
+    assert (fused.status, fused.diverged_at, fused.reason, fused.early_stopped, fused.n_parameters) == (
+        reference.status,
+        reference.diverged_at,
+        reference.reason,
+        reference.early_stopped,
+        reference.n_parameters,
+    )
+    assert [(p.epoch, p.lr) for p in fused.points] == [(p.epoch, p.lr) for p in reference.points]
+    for ours, theirs in zip(fused.points, reference.points, strict=True):
+        for metric in METRICS:
+            expected = getattr(theirs, metric)
+            assert getattr(ours, metric) == pytest.approx(expected, rel=rel, nan_ok=True), (ours.epoch, metric)
+
+
+def members(optimizer: str, lrs: list[float], params: list[dict[str, Any]], **run: Any) -> list[RunConfig]:
+    """Three members that differ in seed (two share one, so two share a data split), hyperparameters and schedule."""
+    schedules = [
+        ScheduleConfig(),
+        ScheduleConfig("multistep", {"milestones": [1, 2], "gamma": 0.5}, warmup_epochs=1),
+        ScheduleConfig("cosine"),
+    ]
+    return [
+        RunConfig(
+            model=SMALL,
+            optimizer=OptimizerConfig(optimizer, lr, p),
+            schedule=schedule,
+            epochs=4,
+            batch_size=100,  # 1438 training samples: the last batch of each epoch is short
+            seed=seed,
+            **run,
+        )
+        for lr, p, schedule, seed in zip(lrs, params, schedules, (3, 7, 7), strict=True)
+    ]
+
+
+OPTIMIZER_CASES = {
+    "sgd": members("sgd", [0.05, 0.1, 0.2], [{}, {"weight_decay": 1e-3}, {"weight_decay": 1e-2}]),
+    "sgd-momentum-dampening": members(
+        "sgd", [0.05, 0.02, 0.1], [{"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}, {"momentum": 0.8}]
+    ),
+    "sgd-nesterov": members(
+        "sgd",
+        [0.05, 0.02, 0.1],
+        [
+            {"momentum": 0.9, "nesterov": True},
+            {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-3},
+            {"momentum": 0.5, "nesterov": True, "weight_decay": 1e-2},
+        ],
+    ),
+    "rmsprop-centered-momentum": members(
+        "rmsprop",
+        [1e-3, 3e-4, 2e-3],
+        [
+            {"centered": True, "momentum": 0.9},
+            {"centered": True, "momentum": 0.5, "alpha": 0.9, "weight_decay": 1e-3},
+            {"centered": True, "momentum": 0.8, "alpha": 0.95, "eps": 1e-6},
+        ],
+    ),
+    "adam-amsgrad": members(
+        "adam",
+        [1e-3, 3e-3, 1e-2],
+        [
+            {"amsgrad": True},
+            {"amsgrad": True, "betas": [0.8, 0.99], "weight_decay": 1e-3},
+            {"amsgrad": True, "betas": [0.95, 0.9], "eps": 1e-6, "weight_decay": 1e-2},
+        ],
+    ),
+    "adamw": members(
+        "adamw", [1e-3, 3e-3, 1e-2], [{}, {"weight_decay": 0.1, "betas": [0.8, 0.99]}, {"weight_decay": 0.0}]
+    ),
+    "adagrad": members(
+        "adagrad",
+        [1e-2, 3e-2, 5e-3],
+        [{}, {"lr_decay": 1e-2, "weight_decay": 1e-3}, {"initial_accumulator_value": 0.1, "eps": 1e-8}],
+    ),
+    "adadelta": members(
+        "adadelta", [1.0, 0.5, 0.1], [{}, {"rho": 0.95, "weight_decay": 1e-3}, {"rho": 0.8, "eps": 1e-5}]
+    ),
+}
+
+
+@pytest.mark.parametrize("configs", OPTIMIZER_CASES.values(), ids=OPTIMIZER_CASES.keys())
+def test_population_matches_independent_runs_float64(float64: None, configs: list[RunConfig]) -> None:
+    fused = train_population(configs, dtype=torch.float64)
+    assert len(plan_groups(configs)) == 1
+    for result, config in zip(fused, configs, strict=True):
+        assert result.status == "succeeded" and len(result.points) == 4
+        assert_same_run(result, train(config), rel=1e-6)
+    # the members really differ, so matching each its own reference is not matching one curve three times
+    assert len({fused[k].points[-1].val_loss for k in range(3)}) == 3
+
+
+def test_population_masks_diverged_members_float64(float64: None) -> None:
+    configs = [
+        RunConfig(model=SMALL, optimizer=OptimizerConfig("sgd", lr, {"momentum": 0.9}), epochs=3, seed=seed)
+        for lr, seed in [(0.05, 0), (1000.0, 1), (0.02, 2), (1e300, 0)]
+    ]
+    fused = train_population(configs, dtype=torch.float64)
+    references = [train(config) for config in configs]
+    assert [r.status for r in fused] == ["succeeded", "diverged", "succeeded", "diverged"]
+    assert fused[3].reason is not None and fused[3].reason.startswith("loss became nan at step "), fused[3].reason
+    assert fused[1].diverged_at is not None and len(fused[1].points) == fused[1].diverged_at
+    for result, reference in zip(fused, references, strict=True):
+        assert_same_run(result, reference, rel=1e-6)
+
+
+def test_population_members_finish_independently_float64(float64: None) -> None:
+    """Early stopping, a shorter run and a stop request each end one member; the others go on unchanged."""
+    base = RunConfig(model=SMALL, optimizer=OptimizerConfig("adam", 3e-3), epochs=5, batch_size=128)
+    configs = [
+        base,
+        replace(base, optimizer=OptimizerConfig("adam", 0.0), patience=1, seed=1),  # flat val_loss: stops after 2
+        replace(base, epochs=2, seed=2),
+        replace(base, optimizer=OptimizerConfig("adam", 1e-2), seed=3),  # asked to stop after epoch 3
+        replace(base, divergence=DivergenceConfig(enabled=False), seed=4),
+    ]
+    seen: list[tuple[int, EpochPoint]] = []
+    asked: list[int] = []
+
+    def should_stop(k: int) -> bool:
+        asked.append(k)
+        return k == 3 and asked.count(3) >= 3
+
+    fused = train_population(
+        configs, dtype=torch.float64, on_epoch=lambda k, p: seen.append((k, p)), should_stop=should_stop
+    )
+    assert [(r.status, r.early_stopped, len(r.points)) for r in fused] == [
+        ("succeeded", False, 5),
+        ("succeeded", True, 2),
+        ("succeeded", False, 2),
+        ("stopped", False, 3),
+        ("succeeded", False, 5),
+    ]
+    for k, result in enumerate(fused):
+        assert [p for i, p in seen if i == k] == result.points
+    assert [asked.count(k) for k in range(5)] == [4, 1, 1, 3, 4]  # never after a member's last epoch
+
+    calls: list[int] = []
+
+    def stop_on_third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    for k, config in enumerate(configs):
+        reference = train(config, should_stop=stop_on_third_call if k == 3 else None)
+        assert_same_run(fused[k], reference, rel=1e-6)
+
+
+def test_population_float32_sixteen_members_match_separate_runs() -> None:
+    optimizers = [
+        OptimizerConfig("adam", 3e-3),
+        OptimizerConfig("adamw", 1e-3, {"weight_decay": 0.05}),
+        OptimizerConfig("rmsprop", 3e-4, {"momentum": 0.5}),
+        OptimizerConfig("sgd", 3e-3, {"momentum": 0.9, "nesterov": True}),
+    ]
+    configs = [
+        RunConfig(optimizer=replace(optimizers[k % 4], lr=optimizers[k % 4].lr / (1 + k // 4)), epochs=3, seed=k)
+        for k in range(16)
+    ]
+    assert len(plan_groups(configs)) == 4
+    fused = train_population(configs)
+    assert torch.get_default_dtype() == torch.float32
+    for result, config in zip(fused, configs, strict=True):
+        assert_same_run(result, train(config), rel=1e-3)
+
+
+def test_population_float64_leaves_default_dtype() -> None:
+    config = RunConfig(model=SMALL, epochs=1)
+    fused = train_population([config], dtype=torch.float64)
+    assert torch.get_default_dtype() == torch.float32
+    assert fused[0].status == "succeeded" and math.isfinite(fused[0].points[0].val_loss)
+
+
+def test_plan_groups_splits_by_optimizer_structure_and_batch_size() -> None:
+    def run(name: str, batch_size: int = 64, **params: Any) -> RunConfig:
+        return RunConfig(optimizer=OptimizerConfig(name, 0.01, params), batch_size=batch_size)
+
+    configs = [
+        run("sgd"),
+        run("adam"),
+        run("sgd", weight_decay=0.1),  # numbers do not split a group
+        run("sgd", momentum=0.9),  # a momentum buffer does
+        run("sgd", momentum=0.5, nesterov=True),
+        run("adam", amsgrad=True),
+        run("adam", batch_size=32),
+        run("adamw"),
+        run("rmsprop", centered=True),
+        run("rmsprop"),
+        run("sgd", momentum=0.8),
+        run("adam", betas=[0.8, 0.9]),
+    ]
+    assert plan_groups(configs) == [[0, 2], [1, 11], [3, 10], [4], [5], [6], [7], [8], [9]]
+    assert plan_groups([]) == []
+    with pytest.raises(ValueError, match="Unknown optimizer: 'lion'"):
+        plan_groups([run("lion")])
+
+
+def test_fusable_rules() -> None:
+    base = RunConfig(model=SMALL)
+    assert fusable([base, replace(base, seed=3, epochs=9, batch_size=16, optimizer=OptimizerConfig("sgd", 0.1))])
+    assert fusable([]) and fusable([base])
+    not_fusable = {
+        "trains on": [base, replace(base, dataset=DatasetConfig("spirals"))],
+        "member 1 trains on": [base, replace(base, dataset=DatasetConfig(val_fraction=0.3))],
+        "has model": [base, replace(base, model=ModelConfig("mlp", {"hidden": [32]}))],
+        "BatchNorm": [replace(base, model=ModelConfig("cnn", {"channels": 4}))],
+        "dropout": [replace(base, model=ModelConfig("mlp", {"dropout": 0.1}))],
+        "unknown optimizer": [replace(base, optimizer=OptimizerConfig("lion"))],
+    }
+    for reason, configs in not_fusable.items():
+        assert not fusable(configs)
+        assert reason in (why_not_fusable(configs) or "")
+        with pytest.raises(ValueError, match="cannot train as one population"):
+            train_population(configs)
+
+
+def test_population_rejects_bad_values_before_training() -> None:
+    good = RunConfig(model=SMALL, epochs=1)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0"):
+        train_population([good, replace(good, optimizer=OptimizerConfig("adam", 1e-3, {"betas": [1.5, 0.9]}))])
+    with pytest.raises(ValueError, match="Missing schedule parameter: gamma"):
+        train_population([replace(good, schedule=ScheduleConfig("exponential"))])
+    with pytest.raises(ValueError, match="Invalid dtype"):
+        train_population([good], dtype=torch.int64)
+
+
+def test_stacked_parameters_hold_each_members_own_init() -> None:
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model(SMALL, (1, 8, 8), 10))
+    stacked = StackedParameters(models, torch.device("cpu"))
+    assert stacked.flat.shape == (2, sum(p.numel() for p in models[0].parameters()))
+    for row, model in enumerate(models):
+        state = stacked.member_state(row)
+        assert state.keys() == model.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(2, 5, 1, 8, 8)
+    logits = stacked.forward(x)  # (K, B, C)
+    for row, model in enumerate(models):
+        torch.testing.assert_close(logits[row], model(x[row]))
+
+
+def test_stacked_optimizer_hyperparameters_change_per_member_in_place() -> None:
+    flat = torch.ones(3, 4)
+    optimizer = StackedOptimizer(flat, [OptimizerConfig("sgd", 0.1, {"momentum": 0.9})] * 3)
+    optimizer.set_hyperparameter("lr", [0.1, 0.0, 0.5])
+    optimizer.step(flat, torch.ones(3, 4))
+    assert flat[:, 0].tolist() == pytest.approx([0.9, 1.0, 0.5])
+    optimizer.step(flat, torch.ones(3, 4), rows=torch.tensor([0, 2]))  # member 1 frozen: params and state kept
+    assert flat[:, 0].tolist() == pytest.approx([0.9 - 0.1 * 1.9, 1.0, 0.5 - 0.5 * 1.9])
+    assert optimizer.state["momentum_buffer"][:, 0].tolist() == pytest.approx([1.9, 1.0, 1.9])
+    with pytest.raises(ValueError, match="cannot cross zero"):
+        optimizer.set_hyperparameter("momentum", [0.9, 0.0, 0.5])
+    with pytest.raises(ValueError, match="Invalid lr value"):
+        optimizer.set_hyperparameter("lr", [0.1, -1.0, 0.1])
+    with pytest.raises(ValueError, match="need 3 values"):
+        optimizer.set_hyperparameter("lr", [0.1])
+    with pytest.raises(ValueError, match="plan_groups first"):
+        StackedOptimizer(flat[:2], [OptimizerConfig("sgd"), OptimizerConfig("sgd", 0.1, {"momentum": 0.9})])

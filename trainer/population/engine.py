@@ -1,0 +1,260 @@
+"""Train K runs in lockstep as one stacked population, each member equal to its own trainer.train run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.config import RunConfig
+from trainer.data import Dataset, load_dataset
+from trainer.loop import DivergenceTracker, EpochPoint, resolve_device
+from trainer.models import build_model, count_parameters
+from trainer.optim import build_optimizer
+from trainer.population.optim import StackedOptimizer
+from trainer.population.plan import plan_groups, why_not_fusable
+from trainer.population.stack import StackedParameters
+from trainer.schedules import lr_at, validate_schedule
+
+logger = logging.getLogger(__name__)
+
+EVAL_BATCH = 1024  # as trainer.loop.evaluate, so val sums are reduced over the same chunks
+
+
+@dataclass
+class MemberResult:
+    status: str  # "succeeded" | "diverged" | "stopped", as TrainResult
+    points: list[EpochPoint]  # a point's `seconds` is its group's epoch: the members share the wall time
+    diverged_at: int | None
+    reason: str | None
+    early_stopped: bool
+    n_parameters: int
+
+
+@dataclass
+class _Member:
+    """Host-side bookkeeping of one member while it is in a group."""
+
+    index: int  # position in train_population's configs
+    config: RunConfig
+    order: torch.Generator  # draws the member's per-epoch permutation, as trainer.loop's `order`
+    tracker: DivergenceTracker | None
+    points: list[EpochPoint] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    stale_epochs: int = 0
+    reason: str | None = None  # set when it diverges; it is then frozen for the rest of the epoch
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build members under `dtype` so their init draws match a reference run under set_default_dtype(dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def train_population(
+    configs: Sequence[RunConfig],
+    *,
+    device: torch.device | str = "cpu",
+    data_root: Path | None = None,
+    on_epoch: Callable[[int, EpochPoint], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> list[MemberResult]:
+    """Train every config as a member of one population; result k is what trainer.train(configs[k]) returns.
+
+    Members are split by plan_groups; each group trains as stacked tensors, one group after another.
+    on_epoch(k, point) and should_stop(k) take the member's index in `configs`; should_stop is asked
+    after each epoch but the last, as trainer.train asks. With dtype=torch.float64 the members match
+    trainer.train run under torch.set_default_dtype(torch.float64) on float64 data.
+    """
+    reason = why_not_fusable(configs)
+    if reason is not None:
+        raise ValueError(f"Runs cannot train as one population: {reason}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"Invalid dtype: {dtype} (need a floating point type)")
+    device = resolve_device(device) if isinstance(device, str) else device
+    for config in configs:  # every bad value surfaces now, before any member trains
+        validate_schedule(config.schedule, config.optimizer.lr, config.epochs)
+        build_optimizer([torch.zeros(1)], config.optimizer)
+
+    results: dict[int, MemberResult] = {}
+    for group in plan_groups(configs):
+        members = [_Member(i, configs[i], torch.Generator().manual_seed(configs[i].seed), None) for i in group]
+        for member in members:
+            if member.config.divergence.enabled:
+                member.tracker = DivergenceTracker(member.config.divergence.factor, member.config.divergence.smoothing)
+        results.update(_GroupRun(members, device, data_root, dtype).run(on_epoch, should_stop))
+    return [results[i] for i in range(len(configs))]
+
+
+class _GroupRun:
+    """Members with one optimizer structure and batch size, stacked along dim 0 (K) and stepped together."""
+
+    def __init__(
+        self, members: list[_Member], device: torch.device, data_root: Path | None, dtype: torch.dtype
+    ) -> None:
+        self.members = members
+        self.device = device
+        self.batch_size = members[0].config.batch_size
+        first = members[0].config
+
+        # data: one split per distinct seed (the split and its standardisation depend on the seed);
+        # members index their own seed's slot in the flattened (S * N, ...) tensors
+        seeds = sorted({m.config.seed for m in members})
+        splits: list[Dataset] = [load_dataset(first.dataset, seed, data_root) for seed in seeds]
+        self.n_train, self.n_val = len(splits[0].y_train), len(splits[0].y_val)
+        self.x_train = torch.cat([d.x_train for d in splits]).to(device, dtype)  # (S * N, *input_shape)
+        self.y_train = torch.cat([d.y_train for d in splits]).to(device)  # (S * N,)
+        self.x_val = torch.cat([d.x_val for d in splits]).to(device, dtype)  # (S * N_val, *input_shape)
+        self.y_val = torch.cat([d.y_val for d in splits]).to(device)  # (S * N_val,)
+        self.slot = torch.tensor([seeds.index(m.config.seed) for m in members], device=device)  # (K,)
+
+        # models: member k's initial weights are what trainer.train builds after manual_seed(seed_k)
+        models = []
+        with _default_dtype(dtype):
+            for m in members:
+                torch.manual_seed(m.config.seed)
+                models.append(build_model(m.config.model, splits[0].input_shape, splits[0].n_classes))
+        self.n_parameters = count_parameters(models[0])
+        self.params = StackedParameters(models, device)  # flat (K, P)
+        self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in members])
+
+    def run(
+        self, on_epoch: Callable[[int, EpochPoint], None] | None, should_stop: Callable[[int], bool] | None
+    ) -> dict[int, MemberResult]:
+        results: dict[int, MemberResult] = {}
+        epoch = 0
+        while self.members:
+            epoch += 1
+            t_epoch = time.perf_counter()
+            lrs = [lr_at(m.config.schedule, m.config.optimizer.lr, epoch, m.config.epochs) for m in self.members]
+            self.optimizer.set_hyperparameter("lr", lrs)
+            train_sums, train_correct, seen = self._train_epoch()
+            val_sums, val_correct = self._evaluate()
+            seconds = time.perf_counter() - t_epoch
+
+            keep: list[int] = []
+            for row, m in enumerate(self.members):
+                point = EpochPoint(
+                    epoch,
+                    train_sums[row] / seen[row],
+                    train_correct[row] / seen[row],
+                    val_sums[row] / self.n_val,
+                    val_correct[row] / self.n_val,
+                    lrs[row],
+                    seconds,
+                )
+                m.points.append(point)
+                if on_epoch is not None:
+                    on_epoch(m.index, point)
+                result = self._finish(m, epoch, point, should_stop)
+                if result is None:
+                    keep.append(row)
+                else:
+                    results[m.index] = result
+            logger.info(
+                "population epoch %d: %d members, %d go on (%.2fs)", epoch, len(self.members), len(keep), seconds
+            )
+            if len(keep) < len(self.members):
+                self._keep(keep)
+        return results
+
+    def _finish(
+        self, m: _Member, epoch: int, point: EpochPoint, should_stop: Callable[[int], bool] | None
+    ) -> MemberResult | None:
+        """The member's result if this epoch ended it, else None; the same order of checks as trainer.train."""
+        config = m.config
+        logger.debug("member %d epoch %d: %s", m.index, epoch, point)
+        if m.reason is not None:
+            logger.warning("member %d diverged in epoch %d: %s", m.index, epoch, m.reason)
+            return MemberResult("diverged", m.points, epoch, m.reason, False, self.n_parameters)
+        if point.val_loss < m.best_val_loss:  # a NaN val_loss never counts as an improvement
+            m.best_val_loss, m.stale_epochs = point.val_loss, 0
+        else:
+            m.stale_epochs += 1
+        if config.patience is not None and m.stale_epochs >= config.patience:
+            logger.info("member %d: early stop after epoch %d", m.index, epoch)
+            return MemberResult("succeeded", m.points, None, None, True, self.n_parameters)
+        if epoch >= config.epochs:
+            return MemberResult("succeeded", m.points, None, None, False, self.n_parameters)
+        if should_stop is not None and should_stop(m.index):
+            logger.info("member %d stopped on request after epoch %d", m.index, epoch)
+            return MemberResult("stopped", m.points, None, None, False, self.n_parameters)
+        return None
+
+    def _train_epoch(self) -> tuple[list[float], list[int], list[int]]:
+        """One epoch of every member on its own permutation; (loss sums, correct counts, samples seen)."""
+        k, n, device = len(self.members), self.n_train, self.device
+        perms = torch.stack([torch.randperm(n, generator=m.order) for m in self.members]).to(device)  # (K, N)
+        perms += self.slot.unsqueeze(1) * n  # rows of the member's own split in the flattened x_train
+        loss_sums = torch.zeros(k, dtype=torch.float64, device=device)
+        correct = torch.zeros(k, dtype=torch.int64, device=device)
+        seen = 0  # samples per live member so far
+        frozen_seen: dict[int, int] = {}  # row -> samples it saw, for members that diverged this epoch
+        live = [True] * k  # False once a member diverged: its curve and weights stop for the epoch
+        live_mask = torch.ones(k, dtype=torch.bool, device=device)  # (K,)
+        rows: Tensor | None = None  # the live rows, once some are not
+        tracked = any(m.tracker is not None for m in self.members)
+        for i in range(0, n, self.batch_size):
+            idx = perms[:, i : i + self.batch_size]  # (K, B)
+            xb, yb = self.x_train[idx], self.y_train[idx]  # (K, B, *input_shape), (K, B)
+            logits = self.params.forward(xb)  # (K, B, C)
+            b = idx.shape[1]
+            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(k, b).mean(1)  # (K,)
+            loss_sums += torch.where(live_mask, losses.detach().double() * b, 0.0)
+            correct += torch.where(live_mask, (logits.argmax(dim=2) == yb).sum(1), 0)
+            seen += b
+            if tracked:
+                # one host sync per step for the whole population, where K separate runs sync K times;
+                # the trackers see the same float losses trainer.train's loss.item() gives them
+                values = losses.detach().tolist()
+                for row, m in enumerate(self.members):
+                    if live[row] and m.tracker is not None:
+                        m.reason = m.tracker.update(values[row])
+                        if m.reason is not None:  # no update from a diverged loss, and none after it
+                            live[row], frozen_seen[row] = False, seen
+                            live_mask[row] = False
+                            rows = torch.tensor([r for r in range(k) if live[r]], dtype=torch.long, device=device)
+                if not any(live):
+                    break
+            # members are independent, so the gradient of the sum is each member's own gradient
+            # (a frozen member's NaN stays in its own rows of the batched matmuls)
+            self.optimizer.step(self.params.flat, self.params.grad(losses.sum()), rows)
+        return loss_sums.tolist(), correct.tolist(), [frozen_seen.get(row, seen) for row in range(k)]
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[list[float], list[int]]:
+        """Each member's cross-entropy sum and correct count over its own validation split."""
+        k, n = len(self.members), self.n_val
+        loss_sums = torch.zeros(k, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(k, dtype=torch.int64, device=self.device)
+        base = self.slot.unsqueeze(1) * n  # (K, 1)
+        for i in range(0, n, EVAL_BATCH):
+            idx = base + torch.arange(i, min(i + EVAL_BATCH, n), device=self.device)  # (K, B)
+            xb, yb = self.x_val[idx], self.y_val[idx]
+            logits = self.params.forward(xb)  # (K, B, C)
+            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
+            loss_sums += losses.sum(1).double()
+            correct += (logits.argmax(dim=2) == yb).sum(1)
+        return loss_sums.tolist(), correct.tolist()
+
+    def _keep(self, keep: list[int]) -> None:
+        """Drop finished members from the stack, so later epochs compute only the ones still training."""
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.members = [self.members[r] for r in keep]
+        self.slot = self.slot[rows]
+        self.params.keep(rows)
+        self.optimizer.keep(rows)
