@@ -28,7 +28,8 @@ def get_engine(url: str | None = None) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A fused pack holds one connection per member's progress writer (up to MAX_PACK_MEMBERS).
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=30)
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from lrlab import store
 from lrlab.models import Experiment, Run, utcnow
-from lrlab.queue import choose_queue
+from lrlab.queue import choose_queue, has_live_gpu_worker
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentPublic, MemberRun
 from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import OPTIMIZER_SCHEMAS, SCHEDULE_SCHEMAS, RunSpec
@@ -114,6 +114,7 @@ def create_experiment(
     """The experiment row and one queued run per cell, in one transaction (the caller commits, then enqueues)."""
     experiment = Experiment(
         owner=owner,
+        execution=choose_execution(session, request, cells),
         name=request.name,
         base=request.base.to_json(),
         grid=request.model_dump(mode="json")["grid"],
@@ -148,6 +149,7 @@ def to_public(session: Session, experiment: Experiment) -> ExperimentPublic:
     return ExperimentPublic(
         id=experiment.id,
         name=experiment.name,
+        execution=experiment.execution,
         created_at=experiment.created_at,
         base=RunSpec.model_validate(experiment.base),
         grid={k: v for k, v in experiment.grid.items() if v is not None},
@@ -163,3 +165,34 @@ def to_public(session: Session, experiment: Experiment) -> ExperimentPublic:
             for r in runs
         ],
     )
+
+
+# --- fused execution ------------------------------------------------------------------------------
+
+MAX_PACK_MEMBERS = 16  # one progress writer (and database connection) per member on the worker
+
+
+def fusable_spec(spec: RunSpec) -> bool:
+    """What the fused engine takes (trainer.population.fusable has the final word on the worker)."""
+    return spec.model.name == "mlp" and spec.model.dropout == 0  # type: ignore[union-attr]
+
+
+def choose_execution(session: Session, request: ExperimentCreate, cells: list[Cell]) -> str:
+    if request.execution == "separate" or len(cells) < 2:
+        return "separate"
+    if request.execution == "fused":
+        return "fused"
+    gpu = any(c.spec.device != "cpu" for c in cells) and has_live_gpu_worker(session)
+    return "fused" if gpu and all(fusable_spec(c.spec) for c in cells) else "separate"
+
+
+def packs(runs: list[Run]) -> list[tuple[list[str], str]]:
+    """Member runs in packs of at most MAX_PACK_MEMBERS, one queue each, grid order kept."""
+    by_queue: dict[str, list[str]] = {}
+    for run in runs:
+        by_queue.setdefault(run.queue, []).append(run.id)
+    return [
+        (ids[i : i + MAX_PACK_MEMBERS], queue_name)
+        for queue_name, ids in by_queue.items()
+        for i in range(0, len(ids), MAX_PACK_MEMBERS)
+    ]

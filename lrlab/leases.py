@@ -179,6 +179,22 @@ def dispatch_run(run_id: str, queue: str, *, app: Celery | None = None) -> bool:
     return dispatch_runs([(run_id, queue)], app=app) == 1
 
 
+def dispatch_pack(run_ids: list[str], queue: str, *, app: Celery | None = None) -> bool:
+    """One message for a fused pack; its runs are stamped as sent. If the send fails they stay unsent and the
+    reconciler dispatches each one separately (a pack is an optimisation, never a requirement)."""
+    try:
+        (app or broker.client()).send_task(broker.TRAIN_PACK, args=[run_ids], queue=queue)
+    except Exception as exc:
+        log.warning("could not send a pack of %d runs to %s: %s", len(run_ids), queue, exc)
+        return False
+    try:
+        with session_scope() as session:
+            session.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=utcnow()))
+    except Exception:
+        log.warning("could not stamp dispatched_at of a pack", exc_info=True)
+    return True
+
+
 def dispatch_lr_finder(job_id: str, queue: str, *, app: Celery | None = None) -> bool:
     return _dispatch(LrFinder, broker.FIND_LR, [(job_id, queue)], app) == 1
 

@@ -95,6 +95,8 @@ class Run(Base):
     dispatched_at: Mapped[datetime | None]
     # Lease: the worker training the run renews it; once expired, the run goes back to the queue.
     lease_token: Mapped[str | None] = mapped_column(String(36))
+    # The fused pack this run trained in (several runs stacked into one population), if any.
+    pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
@@ -117,6 +119,7 @@ class Experiment(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(200))
+    execution: Mapped[str] = mapped_column(String(16), default="separate")
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -54,6 +54,7 @@ def to_public(run: Run) -> RunPublic:
         label=run.label,
         experiment_id=run.experiment_id,
         params=run.params,
+        pack_id=run.pack_id,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,

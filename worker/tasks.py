@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import OperationalError
 
-from lrlab.queue import FIND_LR, TRAIN_RUN
+from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_RUN
 from worker.app import app
 
 
@@ -39,3 +39,19 @@ def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     from worker.find_lr import execute_lr_finder
 
     execute_lr_finder(job_id, worker=self.request.hostname or "worker")
+
+
+@app.task(
+    name=TRAIN_PACK,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=8,
+)
+def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from worker.pack import execute_pack
+
+    execute_pack(run_ids, worker=self.request.hostname or "worker")

@@ -47,7 +47,11 @@ def create_experiment(
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
     # only after the commit: a worker must be able to read what it receives; unsent ones: the reconciler
-    leases.dispatch_runs([(run.id, run.queue) for run in runs])
+    if experiment.execution == "fused":
+        for ids, queue_name in experiments.packs(runs):
+            leases.dispatch_pack(ids, queue_name)
+    else:
+        leases.dispatch_runs([(run.id, run.queue) for run in runs])
     response.headers["Location"] = location
     return created
 

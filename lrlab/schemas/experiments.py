@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
@@ -50,6 +50,13 @@ class Grid(Strict):
 
 class ExperimentCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
+    execution: Literal["auto", "fused", "separate"] = Field(
+        "auto",
+        description=(
+            "fused: members train stacked as one population (an MLP without dropout; otherwise they fall back to"
+            " separate); separate: one task per run; auto: fused when a GPU worker is live and the model allows."
+        ),
+    )
     base: RunSpec = Field(default_factory=RunSpec, description="A run spec; the grid's values replace its fields.")
     grid: Grid
 
@@ -78,6 +85,7 @@ class MemberRun(BaseModel):
 class ExperimentPublic(BaseModel):
     id: str
     name: str
+    execution: str = "separate"
     created_at: datetime
     base: RunSpec
     grid: dict[str, Any]

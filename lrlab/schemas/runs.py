@@ -65,6 +65,7 @@ class RunPublic(BaseModel):
     label: str | None = None
     experiment_id: str | None = None
     params: dict[str, Any] | None = Field(None, description="The grid values this run was made from.")
+    pack_id: str | None = Field(None, description="The fused pack this run trained in, if any.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
