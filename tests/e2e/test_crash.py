@@ -63,6 +63,16 @@ def finished(run_id: str) -> Run | None:
     return got if got.status not in ("queued", "running") else None
 
 
+def wait_finished(run_id: str, log: Path, timeout: float = 60) -> Run:
+    """Wait for the run's outcome; on a timeout, say where the run stands and what its worker logged."""
+    try:
+        return wait_for(lambda: finished(run_id), timeout, f"run {run_id} to finish")  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        got = run_row(run_id)
+        state = f"status={got.status} attempts={got.attempts} dispatched_at={got.dispatched_at} worker={got.worker}"
+        raise AssertionError(f"{exc}\n{state}\n--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}") from None
+
+
 def uninterrupted_curve(spec: RunSpec) -> list[dict[str, Any]]:
     """The same spec trained start to end in this process, one thread as on the workers."""
     import torch
@@ -102,7 +112,10 @@ def test_kill_9_mid_run_resumes_from_checkpoint_once(
             ckpt = s.get(Checkpoint, run_id)
             return ckpt is not None and ckpt.epoch >= 5
 
-    wait_for(checkpointed, 60, "a checkpoint at epoch 5 or later")
+    try:
+        wait_for(checkpointed, 60, "a checkpoint at epoch 5 or later")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{(tmp_path / 'first.log').read_text(errors='replace')[-3000:]}") from None
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     at_kill = run_row(run_id)
@@ -111,7 +124,7 @@ def test_kill_9_mid_run_resumes_from_checkpoint_once(
 
     second_log = tmp_path / "second.log"
     workers.append(start_worker(env, "--queues", "crash", log=second_log))
-    done = wait_for(lambda: finished(run_id), 60, "the run to finish on the second worker")
+    done = wait_finished(run_id, second_log)
     assert done.status == "succeeded", (done.error, second_log.read_text()[-3000:])
     assert done.attempts == 2 and done.lease_token is None
     assert "resumes after epoch" in second_log.read_text()  # from the checkpoint, not epoch 1
@@ -130,7 +143,7 @@ def test_run_never_sent_is_delivered_by_the_reconciler(
     run_id = create_run(RunSpec(dataset="blobs", epochs=2), "outbox")
     assert run_row(run_id).dispatched_at is None
     workers.append(start_worker({**service_env, **FAST}, "--queues", "outbox", log=tmp_path / "w.log"))
-    done = wait_for(lambda: finished(run_id), 60, "the unsent run to finish")
+    done = wait_finished(run_id, tmp_path / "w.log")
     assert done.status == "succeeded" and done.attempts == 1 and done.dispatched_at is not None
     assert [p["epoch"] for p in curve(run_id)] == [1, 2]
 
@@ -173,7 +186,7 @@ def test_redis_restart_keeps_queued_runs(
     env = {**service_env, **FAST, "LRLAB_BROKER_URL": url, "LRLAB_REDISPATCH_SECONDS": "86400"}
     workers.append(start_worker(env, "--queues", "aof", log=tmp_path / "w.log"))
     for run_id in ids:
-        done = wait_for(lambda run_id=run_id: finished(run_id), 60, "a run queued before the restart")
+        done = wait_finished(run_id, tmp_path / "w.log")
         assert done.status == "succeeded" and done.attempts == 1
         with session_scope() as s:
             rows = s.scalars(select(CurvePoint.epoch).where(CurvePoint.run_id == run_id)).all()
