@@ -8,6 +8,7 @@ a reconciler requeues it and a worker resumes it from the last checkpoint. Only 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -146,22 +147,24 @@ def execute_run(run_id: str, worker: str) -> None:
         log.warning("run %s: %s; leaving its outcome to the worker that resumes it", run_id, progress.lost_reason)
         return
 
-    def outcome() -> dict[str, Any]:
-        with session_scope() as session:
-            summary = summarize(
-                points(session, run_id),
-                diverged_at=result.diverged_at,
-                reason=result.reason,
-                early_stopped=result.early_stopped,
-            )
-        return {
-            "status": OUTCOME[result.status].value,
-            "summary": summary.model_dump(mode="json"),
-            "n_parameters": result.n_parameters,
-        }
-
-    if _record(run_id, claim.token, outcome):
+    if _record(run_id, claim.token, functools.partial(outcome, run_id, result)):
         log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+
+
+def outcome(run_id: str, result: Any) -> dict[str, Any]:
+    """The run's final row values from a trainer result (TrainResult or a population's MemberResult)."""
+    with session_scope() as session:
+        summary = summarize(
+            points(session, run_id),
+            diverged_at=result.diverged_at,
+            reason=result.reason,
+            early_stopped=result.early_stopped,
+        )
+    return {
+        "status": OUTCOME[result.status].value,
+        "summary": summary.model_dump(mode="json"),
+        "n_parameters": result.n_parameters,
+    }
 
 
 def _record(run_id: str, token: str, values: Callable[[], dict[str, Any]]) -> bool:

@@ -12,20 +12,17 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import asdict
-from typing import Any
 
 from sqlalchemy import select, update
 
 import trainer
 from lrlab import leases
-from lrlab.analysis import summarize
 from lrlab.db import session_scope
 from lrlab.models import Run, new_id
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
-from lrlab.store import points
 from worker.datasets import materialize
-from worker.execute import OUTCOME, _record, _set_threads
+from worker.execute import _record, _set_threads, outcome
 from worker.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
@@ -87,7 +84,7 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
         if not _close(writer) or writer.lost.is_set():
             log.warning("run %s of pack %s: progress not ours any more; its lease decides", claim.run_id, pack_id)
             continue
-        _record(claim.run_id, claim.token, functools.partial(_outcome, claim.run_id, result))
+        _record(claim.run_id, claim.token, functools.partial(outcome, claim.run_id, result))
 
 
 def _close(writer: ProgressWriter) -> bool:
@@ -97,18 +94,3 @@ def _close(writer: ProgressWriter) -> bool:
     except RuntimeError:
         log.warning("progress of run %s was not fully recorded", writer.run_id, exc_info=True)
         return False
-
-
-def _outcome(run_id: str, result: Any) -> dict[str, Any]:
-    with session_scope() as session:
-        summary = summarize(
-            points(session, run_id),
-            diverged_at=result.diverged_at,
-            reason=result.reason,
-            early_stopped=result.early_stopped,
-        )
-    return {
-        "status": OUTCOME[result.status].value,
-        "summary": summary.model_dump(mode="json"),
-        "n_parameters": result.n_parameters,
-    }

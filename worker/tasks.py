@@ -7,17 +7,20 @@ from sqlalchemy.exc import OperationalError
 from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_RUN
 from worker.app import app
 
+# Late acks (a task dies with its worker and is redelivered), results live in Postgres, and only transient
+# database errors are retried, with backoff: the leases decide everything else.
+TASK_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "ignore_result": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
+}
 
-@app.task(
-    name=TRAIN_RUN,
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+
+@app.task(name=TRAIN_RUN, **TASK_OPTIONS)
 def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
     # Imported here, not at module top: the prefork parent must never initialise torch (fork-unsafe).
     from worker.execute import execute_run
@@ -25,32 +28,14 @@ def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
     execute_run(run_id, worker=self.request.hostname or "worker")
 
 
-@app.task(
-    name=FIND_LR,
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@app.task(name=FIND_LR, **TASK_OPTIONS)
 def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     from worker.find_lr import execute_lr_finder
 
     execute_lr_finder(job_id, worker=self.request.hostname or "worker")
 
 
-@app.task(
-    name=TRAIN_PACK,
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=8,
-)
+@app.task(name=TRAIN_PACK, **TASK_OPTIONS)
 def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     from worker.pack import execute_pack
 
