@@ -145,7 +145,7 @@ def main() -> None:
     }
     tmp = Path(tempfile.mkdtemp(prefix="lrlab-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
-    env.update({"LRLAB_DATA_DIR": str(tmp), "LRLAB_TORCH_THREADS": "1"})
+    env.update({"LRLAB_DATA_DIR": str(tmp), "LRLAB_TORCH_THREADS": "1", "LRLAB_AUTH": "disabled"})  # loopback only
     db_name = None
     if not args.embedded:
         import psycopg

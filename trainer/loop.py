@@ -157,6 +157,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     start: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    checkpoint_due: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     t_run = time.perf_counter()
     device = resolve_device(device) if isinstance(device, str) else device
@@ -250,7 +251,8 @@ def train(
             best_val_loss, stale_epochs = val_loss, 0
         else:
             stale_epochs += 1
-        if on_checkpoint is not None:
+        # Building a checkpoint clones the weights, the optimizer state and the curve so far: ask first.
+        if on_checkpoint is not None and (checkpoint_due is None or checkpoint_due(epoch)):
             on_checkpoint(
                 Checkpoint(
                     epoch=epoch,

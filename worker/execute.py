@@ -64,8 +64,10 @@ def _retrying(what: str, fn: Callable[[], T]) -> T | None:
             delay = min(delay * 2, 5.0)
 
 
-def _checkpointer(run_id: str, progress: ProgressWriter, every: float) -> Callable[[trainer.Checkpoint], None]:
-    """on_checkpoint: at most one per `every` seconds, serialised and saved by the writer thread.
+def _checkpointer(
+    run_id: str, progress: ProgressWriter, every: float
+) -> tuple[Callable[[int], bool], Callable[[trainer.Checkpoint], None]]:
+    """(checkpoint_due, on_checkpoint): at most one per `every` seconds, serialised and saved by the writer thread.
 
     The Checkpoint is a snapshot already (the trainer clones weights and optimizer state), so the
     training thread only enqueues it. The writer saves it in the transaction after the one holding the
@@ -74,12 +76,12 @@ def _checkpointer(run_id: str, progress: ProgressWriter, every: float) -> Callab
     """
     last, newest = -math.inf, 0
 
+    def due(epoch: int) -> bool:  # the trainer builds (clones) a checkpoint only when one is due
+        return time.monotonic() - last >= every
+
     def save(ckpt: trainer.Checkpoint) -> None:
         nonlocal last, newest
-        now = time.monotonic()
-        if now - last < every:
-            return
-        last, newest = now, ckpt.epoch
+        last, newest = time.monotonic(), ckpt.epoch
 
         def write(conn: Connection) -> None:
             if ckpt.epoch < newest:  # superseded by one already queued behind it: skip the serialisation
@@ -88,7 +90,7 @@ def _checkpointer(run_id: str, progress: ProgressWriter, every: float) -> Callab
 
         progress.put_action(write)
 
-    return save
+    return due, save
 
 
 def _resume_point(claim: leases.Claim, device: Any, progress: ProgressWriter) -> trainer.Checkpoint | None:
@@ -119,6 +121,7 @@ def execute_run(run_id: str, worker: str) -> None:
     )
     try:
         config = trainer.RunConfig.from_spec(materialize(claim.spec))
+        checkpoint_due, on_checkpoint = _checkpointer(run_id, progress, settings.checkpoint_seconds)
         device = trainer.resolve_device(claim.spec.get("device", "auto"))
         progress.put_action(lambda conn: conn.execute(update(Run).where(Run.id == run_id).values(device=str(device))))
         result = trainer.train(
@@ -128,7 +131,8 @@ def execute_run(run_id: str, worker: str) -> None:
             on_epoch=lambda point: progress.put_point(asdict(point)),
             should_stop=progress.should_stop,
             start=_resume_point(claim, device, progress),
-            on_checkpoint=_checkpointer(run_id, progress, settings.checkpoint_seconds),
+            checkpoint_due=checkpoint_due,
+            on_checkpoint=on_checkpoint,
         )
         progress.close()
     except Exception as exc:

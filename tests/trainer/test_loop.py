@@ -191,3 +191,25 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_train_builds_checkpoints_only_when_due() -> None:
+    from trainer import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, train
+
+    config = RunConfig(
+        dataset=DatasetConfig(name="blobs"),
+        model=ModelConfig(name="mlp", params={"hidden": [16]}),
+        optimizer=OptimizerConfig(name="sgd", lr=0.1),
+        schedule=ScheduleConfig(),
+        epochs=6,
+        batch_size=128,
+    )
+    asked: list[int] = []
+    built: list[int] = []
+
+    def due(epoch: int) -> bool:
+        asked.append(epoch)
+        return epoch % 3 == 0
+
+    train(config, on_checkpoint=lambda c: built.append(c.epoch), checkpoint_due=due)
+    assert asked == [1, 2, 3, 4, 5, 6] and built == [3, 6]
