@@ -161,13 +161,18 @@ def _dispatch(
     model: type[Run] | type[LrFinder], task: str, targets: Iterable[tuple[str, str]], app: Celery | None
 ) -> int:
     sent = _send(app or broker.client(), task, list(targets))
-    if sent:
-        try:
-            with session_scope() as session:
-                session.execute(update(model).where(model.id.in_(sent)).values(dispatched_at=utcnow()))
-        except Exception:  # sent but not stamped: the reconciler sends it once more, which is harmless
-            log.warning("could not stamp dispatched_at of %d %s rows", len(sent), model.__tablename__, exc_info=True)
+    _stamp(model, sent)
     return len(sent)
+
+
+def _stamp(model: type[Run] | type[LrFinder], ids: Sequence[str]) -> None:
+    if not ids:
+        return
+    try:
+        with session_scope() as session:
+            session.execute(update(model).where(model.id.in_(ids)).values(dispatched_at=utcnow()))
+    except Exception:  # sent but not stamped: the reconciler sends it once more, which is harmless
+        log.warning("could not stamp dispatched_at of %d %s rows", len(ids), model.__tablename__, exc_info=True)
 
 
 def dispatch_runs(targets: Iterable[tuple[str, str]], *, app: Celery | None = None) -> int:
@@ -187,11 +192,7 @@ def dispatch_pack(run_ids: list[str], queue: str, *, app: Celery | None = None) 
     except Exception as exc:
         log.warning("could not send a pack of %d runs to %s: %s", len(run_ids), queue, exc)
         return False
-    try:
-        with session_scope() as session:
-            session.execute(update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=utcnow()))
-    except Exception:
-        log.warning("could not stamp dispatched_at of a pack", exc_info=True)
+    _stamp(Run, run_ids)
     return True
 
 

@@ -95,12 +95,3 @@ def ensure_broker() -> None:
     """Raise (kombu OperationalError: the API answers 503) if the broker can't be reached right now."""
     with client().connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=client().conf.broker_connection_timeout)
-
-
-def enqueue_run(run_id: str, queue: str) -> None:
-    """The bare send, which raises if the broker is away; callers use lrlab.leases.dispatch_* (send + stamp)."""
-    client().send_task(TRAIN_RUN, args=[run_id], queue=queue)
-
-
-def enqueue_lr_finder(job_id: str, queue: str) -> None:
-    client().send_task(FIND_LR, args=[job_id], queue=queue)
