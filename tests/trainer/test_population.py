@@ -320,3 +320,62 @@ def test_stacked_optimizer_hyperparameters_change_per_member_in_place() -> None:
         optimizer.set_hyperparameter("lr", [0.1])
     with pytest.raises(ValueError, match="plan_groups first"):
         StackedOptimizer(flat[:2], [OptimizerConfig("sgd"), OptimizerConfig("sgd", 0.1, {"momentum": 0.9})])
+
+
+@pytest.mark.parametrize("configs", OPTIMIZER_CASES.values(), ids=OPTIMIZER_CASES.keys())
+def test_population_checkpoints_resume_fused_or_alone_float64(float64: None, configs: list[RunConfig]) -> None:
+    """Checkpoints after epoch 2 of 4: the fused engine and trainer.train both resume them to the same runs."""
+    whole = train_population(configs, dtype=torch.float64)
+    saved: dict[int, loop.Checkpoint] = {}
+    first_half = train_population(
+        configs,
+        dtype=torch.float64,
+        on_checkpoint=lambda k, ckpt: saved.__setitem__(k, ckpt),
+        checkpoint_due=lambda k, epoch: epoch == 2,
+        should_stop=lambda k: k in saved,
+    )
+    assert [(r.status, len(r.points)) for r in first_half] == [("stopped", 2)] * len(configs)
+    # through bytes, as the service stores them (torch.load with weights_only=True)
+    starts = [loop.checkpoint_from_bytes(loop.checkpoint_to_bytes(saved[k])) for k in range(len(configs))]
+    resumed = train_population(configs, dtype=torch.float64, starts=starts)
+    for fused, reference in zip(resumed, whole, strict=True):
+        assert [p.epoch for p in fused.points] == [1, 2, 3, 4]
+        assert_same_run(fused, _as_train_result(reference), rel=1e-9)
+    alone = [train(c, start=s) for c, s in zip(configs, starts, strict=True)]
+    for member, reference in zip(whole, alone, strict=True):
+        assert_same_run(member, reference, rel=1e-6)
+
+
+def _as_train_result(result: MemberResult) -> TrainResult:
+    return TrainResult(
+        result.status,
+        result.points,
+        result.diverged_at,
+        result.reason,
+        result.early_stopped,
+        0.0,
+        result.n_parameters,
+        "cpu",
+    )
+
+
+def test_exploit_copies_a_members_weights_and_optimizer_state() -> None:
+    configs = OPTIMIZER_CASES["adam-amsgrad"]
+    models = []
+    for c in configs:
+        torch.manual_seed(c.seed)
+        models.append(build_model(c.model, (64,), 10))
+    stacked = StackedParameters(models, torch.device("cpu"))
+    optimizer = StackedOptimizer(stacked.flat, [c.optimizer for c in configs])
+    grad = torch.randn_like(stacked.flat)
+    optimizer.step(stacked.flat, grad)
+    stacked.copy_row(2, 0)
+    optimizer.copy_member(2, 0)
+    assert torch.equal(stacked.flat[2], stacked.flat[0])
+    assert not torch.equal(stacked.flat[1], stacked.flat[0])
+    for state in optimizer.state.values():
+        assert torch.equal(state[2], state[0])
+    # hyperparameters are the member's own: exploit copies state, explore changes numbers
+    assert optimizer.member_hyperparameters(2)[0] == pytest.approx(configs[2].optimizer.lr)
+    assert [t.shape for t in stacked.split_row(stacked.flat[0])] == [p.shape for p in models[0].parameters()]
+    assert torch.equal(stacked.join_row(stacked.split_row(stacked.flat[1])), stacked.flat[1])

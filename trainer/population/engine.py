@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from trainer.config import RunConfig
 from trainer.data import Dataset, load_dataset
-from trainer.loop import DivergenceTracker, EpochPoint, resolve_device
+from trainer.loop import Checkpoint, DivergenceTracker, EpochPoint, resolve_device
 from trainer.models import build_model, count_parameters
 from trainer.optim import build_optimizer
 from trainer.population.optim import StackedOptimizer
@@ -51,6 +52,7 @@ class _Member:
     best_val_loss: float = math.inf
     stale_epochs: int = 0
     reason: str | None = None  # set when it diverges; it is then frozen for the rest of the epoch
+    start: Checkpoint | None = None  # where it resumes (trainer.train's checkpoint format)
 
 
 @contextmanager
@@ -72,6 +74,9 @@ def train_population(
     on_epoch: Callable[[int, EpochPoint], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
     dtype: torch.dtype = torch.float32,
+    starts: Sequence[Checkpoint | None] | None = None,
+    on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
+    checkpoint_due: Callable[[int, int], bool] | None = None,
 ) -> list[MemberResult]:
     """Train every config as a member of one population; result k is what trainer.train(configs[k]) returns.
 
@@ -79,6 +84,11 @@ def train_population(
     on_epoch(k, point) and should_stop(k) take the member's index in `configs`; should_stop is asked
     after each epoch but the last, as trainer.train asks. With dtype=torch.float64 the members match
     trainer.train run under torch.set_default_dtype(torch.float64) on float64 data.
+
+    Checkpoints are trainer.train's: starts[k] resumes member k (from trainer.train, or from this engine),
+    and on_checkpoint(k, checkpoint) receives one wherever checkpoint_due(k, epoch) says so, at the same
+    point of the epoch as trainer.train builds its own; trainer.train can resume from it, and so can this
+    engine. Members resuming from different epochs train in different groups.
     """
     reason = why_not_fusable(configs)
     if reason is not None:
@@ -90,14 +100,38 @@ def train_population(
         validate_schedule(config.schedule, config.optimizer.lr, config.epochs)
         build_optimizer([torch.zeros(1)], config.optimizer)
 
+    starts = list(starts) if starts is not None else [None] * len(configs)
+    if len(starts) != len(configs):
+        raise ValueError(f"{len(starts)} starts for {len(configs)} configs")
+    for config, start in zip(configs, starts, strict=True):
+        if start is not None and not 0 <= start.epoch <= config.epochs:
+            raise ValueError(f"Invalid checkpoint epoch: {start.epoch} (run has {config.epochs} epochs)")
+
     results: dict[int, MemberResult] = {}
-    for group in plan_groups(configs):
-        members = [_Member(i, configs[i], torch.Generator().manual_seed(configs[i].seed), None) for i in group]
-        for member in members:
-            if member.config.divergence.enabled:
-                member.tracker = DivergenceTracker(member.config.divergence.factor, member.config.divergence.smoothing)
-        results.update(_GroupRun(members, device, data_root, dtype).run(on_epoch, should_stop))
+    for planned in plan_groups(configs):
+        by_epoch: dict[int, list[int]] = {}  # one step count per group: members resuming together
+        for i in planned:
+            start = starts[i]
+            by_epoch.setdefault(start.epoch if start is not None else 0, []).append(i)
+        for group in by_epoch.values():
+            members = [_member(i, configs[i], starts[i]) for i in group]
+            run = _GroupRun(members, device, data_root, dtype)
+            results.update(run.run(on_epoch, should_stop, on_checkpoint, checkpoint_due))
     return [results[i] for i in range(len(configs))]
+
+
+def _member(index: int, config: RunConfig, start: Checkpoint | None) -> _Member:
+    member = _Member(index, config, torch.Generator().manual_seed(config.seed), None, start=start)
+    if config.divergence.enabled:
+        member.tracker = DivergenceTracker(config.divergence.factor, config.divergence.smoothing)
+    if start is not None:
+        member.order.set_state(start.data_generator_state)
+        if member.tracker is not None:
+            for key, value in start.divergence_state.items():
+                setattr(member.tracker, key, value)
+        member.best_val_loss, member.stale_epochs = start.best_val_loss, start.epochs_without_improvement
+        member.points = [EpochPoint(**p) for p in start.points]
+    return member
 
 
 class _GroupRun:
@@ -127,16 +161,37 @@ class _GroupRun:
         with _default_dtype(dtype):
             for m in members:
                 torch.manual_seed(m.config.seed)
-                models.append(build_model(m.config.model, splits[0].input_shape, splits[0].n_classes))
+                model = build_model(m.config.model, splits[0].input_shape, splits[0].n_classes)
+                if m.start is not None:
+                    model.load_state_dict(m.start.model_state)
+                models.append(model)
         self.n_parameters = count_parameters(models[0])
         self.params = StackedParameters(models, device)  # flat (K, P)
         self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in members])
+        # each member's hyperparameters as its own trainer.optim optimizer has them (flags included)
+        self.flags = [build_optimizer([torch.zeros(1)], m.config.optimizer).hyperparameters() for m in members]
+        self.epoch = members[0].start.epoch if members[0].start is not None else 0
+        if members[0].start is not None:
+            self.optimizer.step_count = int(members[0].start.optimizer_state["state"][0]["step"])
+            for row, m in enumerate(members):
+                assert m.start is not None
+                self.optimizer.load_member_state_dict(row, m.start.optimizer_state, self.params.join_row)
 
     def run(
-        self, on_epoch: Callable[[int, EpochPoint], None] | None, should_stop: Callable[[int], bool] | None
+        self,
+        on_epoch: Callable[[int, EpochPoint], None] | None,
+        should_stop: Callable[[int], bool] | None,
+        on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
+        checkpoint_due: Callable[[int, int], bool] | None = None,
     ) -> dict[int, MemberResult]:
         results: dict[int, MemberResult] = {}
-        epoch = 0
+        epoch = self.epoch
+        done = [row for row, m in enumerate(self.members) if self._ended_before(m, epoch)]
+        for row in done:
+            m = self.members[row]
+            results[m.index] = MemberResult("succeeded", m.points, None, None, True, self.n_parameters)
+        if done:
+            self._keep([row for row in range(len(self.members)) if row not in done])
         while self.members:
             epoch += 1
             t_epoch = time.perf_counter()
@@ -160,7 +215,9 @@ class _GroupRun:
                 m.points.append(point)
                 if on_epoch is not None:
                     on_epoch(m.index, point)
-                result = self._finish(m, epoch, point, should_stop)
+
+                save = functools.partial(self._save, row, epoch, on_checkpoint, checkpoint_due)
+                result = self._finish(m, epoch, point, should_stop, save)
                 if result is None:
                     keep.append(row)
                 else:
@@ -172,8 +229,47 @@ class _GroupRun:
                 self._keep(keep)
         return results
 
+    @staticmethod
+    def _ended_before(m: _Member, epoch: int) -> bool:
+        """A member resumed from a checkpoint of a run that had early-stopped already (as trainer.train checks)."""
+        return m.config.patience is not None and m.stale_epochs >= m.config.patience and epoch > 0
+
+    def _save(
+        self,
+        row: int,
+        epoch: int,
+        on_checkpoint: Callable[[int, Checkpoint], None] | None,
+        checkpoint_due: Callable[[int, int], bool] | None,
+    ) -> None:
+        index = self.members[row].index
+        if on_checkpoint is not None and (checkpoint_due is None or checkpoint_due(index, epoch)):
+            on_checkpoint(index, self.checkpoint(row, epoch))
+
+    def checkpoint(self, row: int, epoch: int) -> Checkpoint:
+        """Member `row` after `epoch`, as trainer.train's Checkpoint (copies: safe to keep while training goes on)."""
+        m = self.members[row]
+        return Checkpoint(
+            epoch=epoch,
+            model_state=self.params.member_state(row),
+            optimizer_state=self.optimizer.member_state_dict(
+                row, self.params.split_row, len(self.params.shapes), self.flags[row]
+            ),
+            data_generator_state=m.order.get_state(),
+            torch_rng_state=torch.get_rng_state(),
+            cuda_rng_state=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            divergence_state=m.tracker.state() if m.tracker is not None else {},
+            best_val_loss=m.best_val_loss,
+            epochs_without_improvement=m.stale_epochs,
+            points=[asdict(p) for p in m.points],
+        )
+
     def _finish(
-        self, m: _Member, epoch: int, point: EpochPoint, should_stop: Callable[[int], bool] | None
+        self,
+        m: _Member,
+        epoch: int,
+        point: EpochPoint,
+        should_stop: Callable[[int], bool] | None,
+        save: Callable[[], None],
     ) -> MemberResult | None:
         """The member's result if this epoch ended it, else None; the same order of checks as trainer.train."""
         config = m.config
@@ -185,6 +281,7 @@ class _GroupRun:
             m.best_val_loss, m.stale_epochs = point.val_loss, 0
         else:
             m.stale_epochs += 1
+        save()
         if config.patience is not None and m.stale_epochs >= config.patience:
             logger.info("member %d: early stop after epoch %d", m.index, epoch)
             return MemberResult("succeeded", m.points, None, None, True, self.n_parameters)
@@ -255,6 +352,7 @@ class _GroupRun:
         """Drop finished members from the stack, so later epochs compute only the ones still training."""
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.members = [self.members[r] for r in keep]
+        self.flags = [self.flags[r] for r in keep]
         self.slot = self.slot[rows]
         self.params.keep(rows)
         self.optimizer.keep(rows)

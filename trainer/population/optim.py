@@ -210,6 +210,59 @@ class StackedOptimizer:
         for name, s in self.state.items():
             s[rows] = sub_state[name]
 
+    def member_hyperparameters(self, row: int) -> tuple[float, dict[str, Any]]:
+        """(lr, the other numeric hyperparameters) of one member, as trainer.optim's state_dict names them."""
+        values = {name: float(h[row, 0]) for name, h in self.hyper.items()}
+        lr = values.pop("lr")
+        if "beta1" in values:
+            values["betas"] = (values.pop("beta1"), values.pop("beta2"))
+        return lr, values
+
+    def member_state_dict(
+        self, row: int, split: Callable[[Tensor], list[Tensor]], n: int, hyperparameters: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Member `row`'s state in trainer.optim's state_dict format, so trainer.train can resume from it.
+
+        `split` turns a (P,) row into the model's n parameter tensors; `hyperparameters` are
+        the member's trainer.optim optimizer's (flags such as nesterov); the per-member numbers replace theirs.
+        """
+        lr, numbers = self.member_hyperparameters(row)
+        pieces = {name: split(s[row]) for name, s in self.state.items()}
+        state = [{"step": self.step_count, **{name: pieces[name][i] for name in self.state}} for i in range(n)]
+        return {"name": self.name, "lr": lr, "hyperparameters": {**hyperparameters, **numbers}, "state": state}
+
+    def load_member_state_dict(
+        self, row: int, state_dict: dict[str, Any], join: Callable[[list[Tensor]], Tensor]
+    ) -> None:
+        """Member `row` takes a trainer.optim state_dict: its state, step count and numeric hyperparameters.
+
+        Every member of a group shares one step count, so the state's must equal the group's (the engine
+        sets the group's from its first member before loading the others).
+        """
+        if state_dict.get("name") != self.name:
+            raise ValueError(f"State of optimizer {state_dict.get('name')!r} given to stacked {self.name!r}")
+        saved = state_dict["state"]
+        keys = {k for s in saved for k in s} - {"step"}
+        if keys != set(self.state):
+            raise ValueError(f"State keys {sorted(keys)} do not match this group's {sorted(self.state)}")
+        steps = {int(s["step"]) for s in saved}
+        if steps != {self.step_count}:
+            raise ValueError(f"Member state at step {sorted(steps)}, its group at step {self.step_count}")
+        with torch.no_grad():
+            for name, stacked in self.state.items():
+                stacked[row] = join([s[name] for s in saved])
+        values = {"lr": state_dict["lr"], **state_dict["hyperparameters"]}
+        if "betas" in values:
+            values["beta1"], values["beta2"] = values.pop("betas")
+        for name, h in self.hyper.items():
+            h[row, 0] = float(values[name])
+
+    def copy_member(self, target: int, source: int) -> None:
+        """Member `target` takes member `source`'s optimizer state (not its hyperparameters)."""
+        with torch.no_grad():
+            for s in self.state.values():
+                s[target] = s[source]
+
     def keep(self, rows: Tensor) -> None:
         """Drop every member not in `rows` (row positions), e.g. after it finished."""
         self.hyper = {name: h[rows] for name, h in self.hyper.items()}

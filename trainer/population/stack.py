@@ -77,6 +77,31 @@ class StackedParameters:
             for name, view in self.views.items()
         }
 
+    def split_row(self, row: Tensor) -> list[Tensor]:
+        """A (P,) row of flat-shaped data (weights or optimizer state) as the model's parameter tensors, in
+        model.parameters() order and shapes (copies): what trainer.optim's per-parameter state holds."""
+        out, offset = [], 0
+        for name, shape in self.shapes.items():
+            size = int(torch.Size(shape).numel())
+            piece = row[offset : offset + size].view(shape)
+            out.append((piece.T if name in self.transposed else piece).detach().clone())
+            offset += size
+        return out
+
+    def join_row(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The inverse of split_row: the model's parameter tensors (model.parameters() order) as one (P,) row."""
+        if len(tensors) != len(self.shapes):
+            raise ValueError(f"{len(tensors)} tensors for {len(self.shapes)} parameters")
+        parts = [
+            (t.T if name in self.transposed else t).reshape(-1) for name, t in zip(self.shapes, tensors, strict=True)
+        ]
+        return torch.cat(parts).to(self.flat.device, self.flat.dtype)
+
+    def copy_row(self, target: int, source: int) -> None:
+        """Member `target` takes member `source`'s parameters (exploit in population based training)."""
+        with torch.no_grad():
+            self.flat[target] = self.flat[source]
+
     def keep(self, rows: Tensor) -> None:
         """Drop every member not in `rows` (row positions)."""
         self.flat = self.flat[rows]
