@@ -2,9 +2,10 @@
 
 Each member is still a run of its own: claimed under its own lease, its points written by its own progress
 writer, its cancel honoured for it alone, its outcome recorded as if it had trained alone. A pack that can't
-be fused (a CNN, dropout, different datasets) is handed back as separate runs. Packs keep no checkpoint: if
-the worker dies, the members' leases lapse and the reconciler requeues each one as a separate run, which
-trains it from its first epoch again (every epoch still stored exactly once, by upsert).
+be fused (dropout, different datasets) is handed back as separate runs. Each member checkpoints as a separate
+run does (trainer.train's format, into its own checkpoint row, as often as LRLAB_CHECKPOINT_SECONDS allows):
+if the worker dies, the members' leases lapse, the reconciler requeues each one, and whichever worker claims
+it resumes it from its own last checkpoint, alone or in a pack again (the pack message is redelivered too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lrlab.models import Run, new_id
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from worker.datasets import materialize
-from worker.execute import _record, _set_threads, outcome
+from worker.execute import _checkpointer, _record, _resume_point, _set_threads, outcome
 from worker.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
         for c in claims
     ]
     log.info("pack %s: %d runs fused on %s", pack_id, len(claims), device)
+    checkpointers = [
+        _checkpointer(c.run_id, w, settings.checkpoint_seconds) for c, w in zip(claims, writers, strict=True)
+    ]
     try:
         results = train_population(
             [trainer.RunConfig.from_spec(materialize(c.spec)) for c in claims],
@@ -71,6 +75,9 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
             data_root=settings.dataset_root,
             on_epoch=lambda k, point: writers[k].put_point(asdict(point)),
             should_stop=lambda k: writers[k].should_stop(),
+            starts=[_resume_point(c, device, w) for c, w in zip(claims, writers, strict=True)],
+            checkpoint_due=lambda k, epoch: checkpointers[k][0](epoch),
+            on_checkpoint=lambda k, ckpt: checkpointers[k][1](ckpt),
         )
     except Exception as exc:
         log.exception("pack %s failed", pack_id)

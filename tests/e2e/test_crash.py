@@ -207,3 +207,38 @@ def test_post_run_stamps_dispatched_at(api_client: Any) -> None:
     run = run_row(resp.json()["id"])
     assert run.status == "queued" and run.dispatched_at is not None and run.dispatched_at >= run.created_at
     api_client.post(f"/v1/runs/{run.id}/cancel")
+
+
+def test_kill_9_mid_pack_resumes_each_member_from_its_checkpoint(
+    service_env: dict[str, str], workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    env = {**service_env, **FAST}
+    first = start_worker(env, "--queues", "crashpack", log=tmp_path / "first.log")
+    workers.append(first)
+    specs = [CRASH_SPEC.model_copy(update={"seed": seed}) for seed in (3, 4)]
+    ids = [create_run(spec, "crashpack") for spec in specs]
+    assert leases.dispatch_pack(ids, "crashpack")
+
+    def checkpointed() -> bool:
+        with session_scope() as s:
+            ckpts = [s.get(Checkpoint, run_id) for run_id in ids]
+            return all(c is not None and c.epoch >= 5 for c in ckpts)
+
+    try:
+        wait_for(checkpointed, 60, "checkpoints of both members at epoch 5 or later")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{(tmp_path / 'first.log').read_text(errors='replace')[-3000:]}") from None
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert all(run_row(r).pack_id is not None and len(curve(r)) < CRASH_SPEC.epochs for r in ids)
+
+    second_log = tmp_path / "second.log"
+    workers.append(start_worker(env, "--queues", "crashpack", log=second_log))
+    for run_id, spec in zip(ids, specs, strict=True):
+        done = wait_finished(run_id, second_log)
+        assert done.status == "succeeded" and done.attempts == 2, (done.error, second_log.read_text()[-3000:])
+        got, expected = curve(run_id), uninterrupted_curve(spec)
+        assert [p["epoch"] for p in got] == list(range(1, spec.epochs + 1))
+        for ours, theirs in zip(got, expected, strict=True):  # fused then alone: float32 rounding differs
+            assert ours["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=0.01)
+    assert second_log.read_text().count("resumes after epoch") == 2  # from checkpoints, not epoch 1
