@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from lrlab import auth, idempotency
 from lrlab.db import get_sessionmaker
-from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Run
+from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Pbt, Run
 from lrlab.settings import Settings, get_settings
 
 
@@ -75,6 +75,7 @@ RunDep = Annotated[Run, Depends(_owned(Run, "run_id", "run"))]
 ExperimentDep = Annotated[Experiment, Depends(_owned(Experiment, "experiment_id", "experiment"))]
 LrFinderDep = Annotated[LrFinder, Depends(_owned(LrFinder, "job_id", "lr-finder job"))]
 DatasetDep = Annotated[Dataset, Depends(_owned(Dataset, "dataset_id", "dataset"))]
+PbtDep = Annotated[Pbt, Depends(_owned(Pbt, "pbt_id", "population"))]
 
 
 class Idempotent:

@@ -11,7 +11,19 @@ from fastapi import FastAPI
 from api import errors
 from api.events import EventHub
 from api.limits import JsonBodyLimit
-from api.routes import catalog, compare, dashboard, datasets, events, experiments, health, lr_finder, metrics, runs
+from api.routes import (
+    catalog,
+    compare,
+    dashboard,
+    datasets,
+    events,
+    experiments,
+    health,
+    lr_finder,
+    metrics,
+    pbt,
+    runs,
+)
 from lrlab import __version__
 from lrlab.settings import get_settings
 
@@ -55,6 +67,7 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
+    app.include_router(pbt.router)
     app.include_router(dashboard.router)
     app.middleware("http")(metrics.time_requests)
     app.add_middleware(JsonBodyLimit, max_bytes=lambda: get_settings().max_json_body_bytes)

@@ -268,3 +268,70 @@ def render_lr_finder_chart(
     _check(None, fmt)
     with _rendering():
         return _to_bytes(draw_lr_finder_chart(points, suggested_lr, title=title), fmt)
+
+
+def draw_pbt_chart(
+    series: Sequence[Series],
+    metric: str,
+    schedule: Sequence[tuple[int, float]],
+    exploits: Sequence[tuple[int, int]],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """A population: `metric` per member (top; an exploit (epoch, member) marked where the member took another's
+    weights) and the best member's discovered lr per epoch, inherited history included (bottom, log axis)."""
+    _check(metric, None)
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.4), dpi=DPI, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    for i, s in enumerate(series):
+        xs = [int(p["epoch"]) for p in s.points]
+        ys = [_plottable(p.get(metric), False) for p in s.points]
+        (line,) = top.plot(xs, ys, label=s.label, gid=f"series-{i}", linewidth=1.2, marker="o", markersize=2)
+        marks = [(e, ys[xs.index(e)]) for e, member in exploits if member == i and e in xs]
+        if marks:
+            top.plot(
+                [e for e, _ in marks],
+                [y for _, y in marks],
+                linestyle="none",
+                marker="v",
+                markersize=7,
+                color=line.get_color(),
+                gid=f"exploit-{i}",
+                label="_nolegend_",
+            )
+    top.set_ylabel(METRIC_NAMES[metric])
+    if metric in ACCURACY_METRICS:
+        top.set_ylim(0.0, 1.0)
+    top.grid(True, alpha=0.3)
+    if series:
+        top.legend(loc="best", fontsize="x-small", ncol=2)
+    top.set_title(title or "population")
+    if schedule:
+        epochs = [e for e, _ in schedule]
+        lrs = [lr for _, lr in schedule]
+        bottom.step(epochs, lrs, where="mid", gid="schedule", color="black", linewidth=1.5)
+        bottom.plot(epochs, lrs, linestyle="none", marker="o", markersize=3, color="black")
+        if all(lr > 0 for lr in lrs):
+            bottom.set_yscale("log")
+    bottom.set_ylabel("lr of the best member")
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.grid(True, alpha=0.3)
+    return fig
+
+
+def render_pbt_chart(
+    series: Sequence[Series],
+    metric: str,
+    schedule: Sequence[tuple[int, float]],
+    exploits: Sequence[tuple[int, int]],
+    *,
+    fmt: Format,
+    title: str | None = None,
+) -> bytes:
+    _check(metric, fmt)
+    with _rendering():
+        return _to_bytes(draw_pbt_chart(series, metric, schedule, exploits, title=title), fmt)

@@ -174,7 +174,8 @@ MAX_PACK_MEMBERS = 16  # one progress writer (and database connection) per membe
 
 def fusable_spec(spec: RunSpec) -> bool:
     """What the fused engine takes (trainer.population.fusable has the final word on the worker)."""
-    return spec.model.name == "mlp" and spec.model.dropout == 0  # type: ignore[union-attr]
+    model = spec.model
+    return model.name in ("cnn", "resnet") or (model.name == "mlp" and model.dropout == 0)
 
 
 def choose_execution(session: Session, request: ExperimentCreate, cells: list[Cell]) -> str:

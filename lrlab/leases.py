@@ -29,7 +29,17 @@ from sqlalchemy.orm import Session
 
 from lrlab import queue as broker
 from lrlab.db import session_scope
-from lrlab.models import Checkpoint, CurvePoint, LrFinder, Run, UTCDateTime, WorkerHeartbeat, new_id, utcnow
+from lrlab.models import (
+    Checkpoint,
+    CurvePoint,
+    LrFinder,
+    PbtMember,
+    Run,
+    UTCDateTime,
+    WorkerHeartbeat,
+    new_id,
+    utcnow,
+)
 from lrlab.schemas import RunStatus
 from lrlab.settings import Settings, get_settings
 
@@ -58,6 +68,7 @@ class Claim:
     attempts: int
     checkpoint: bytes | None  # trainer.checkpoint_to_bytes output; None: start at epoch 1
     checkpoint_epoch: int  # epochs the checkpoint holds (0 without one)
+    pbt_id: str | None = None  # a population member: its checkpoints are in the checkpoint store (lrlab.pbt)
 
 
 def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -> Claim | None:
@@ -83,6 +94,8 @@ def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -
         assert run is not None
         ckpt = session.get(Checkpoint, run_id)
         epoch = ckpt.epoch if ckpt is not None else 0
+        if run.pbt_id is not None:  # a population member resumes where its last interval ended
+            epoch = session.scalars(select(PbtMember.epoch).where(PbtMember.run_id == run_id)).one()
         # Epochs past the checkpoint are trained again and upserted; drop them now so that a resumed run
         # that ends sooner (early stop, divergence: possible where training is not bit-reproducible)
         # leaves no rows of the trajectory it abandoned.
@@ -94,6 +107,7 @@ def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -
             attempts=run.attempts,
             checkpoint=bytes(ckpt.data) if ckpt is not None else None,
             checkpoint_epoch=epoch,
+            pbt_id=run.pbt_id,
         )
 
 

@@ -98,6 +98,8 @@ class Run(Base):
     # The fused pack this run trained in (several runs stacked into one population), if any.
     pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The population based training this run is a member of, if any (see Pbt, PbtMember).
+    pbt_id: Mapped[str | None] = mapped_column(ForeignKey("pbt.id", ondelete="CASCADE"), index=True)
 
 
 class Checkpoint(Base):
@@ -123,6 +125,61 @@ class Experiment(Base):
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Pbt(Base):
+    """A population based training: members are runs; rounds of exploit and explore every `interval` epochs.
+
+    `boundary` is the last epoch after which every member stopped and the round was decided; members then
+    train on to the next boundary. Its row is the lock that serialises those decisions.
+    """
+
+    __tablename__ = "pbt"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    execution: Mapped[str] = mapped_column(String(16))  # fused | distributed
+    spec: Mapped[dict[str, Any]]  # the request, defaults filled in
+    queue: Mapped[str] = mapped_column(String(16))
+    boundary: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class PbtMember(Base):
+    """One member's place in its population: where its checkpoint stands and the hyperparameters it follows."""
+
+    __tablename__ = "pbt_member"
+
+    pbt_id: Mapped[str] = mapped_column(ForeignKey("pbt.id", ondelete="CASCADE"), primary_key=True)
+    member: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), unique=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs trained and checkpointed
+    # whose checkpoint at `epoch` holds the weights it goes on from (itself, or the member it copied)
+    weights_from: Mapped[int] = mapped_column(Integer)
+    hyperparameters: Mapped[dict[str, Any]]  # in force from epoch + 1
+    history: Mapped[list[Any]]  # [{"start": epoch, "hyperparameters": {...}, "source": member | null}, ...]
+
+
+class PbtEvent(Base):
+    """Lineage: after `epoch`, member `target` took `source`'s weights and moved from `old` to `new`."""
+
+    __tablename__ = "pbt_event"
+    __table_args__ = (UniqueConstraint("pbt_id", "epoch", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pbt_id: Mapped[str] = mapped_column(ForeignKey("pbt.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]
+    target: Mapped[int]
+    source: Mapped[int]
+    old: Mapped[dict[str, Any]]
+    new: Mapped[dict[str, Any]]
+    resampled: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LrFinder(Base):

@@ -14,6 +14,7 @@ from lrlab.settings import Settings, get_settings
 TRAIN_RUN = "lrlab.train_run"
 FIND_LR = "lrlab.find_lr"
 TRAIN_PACK = "lrlab.train_pack"
+TRAIN_PBT = "lrlab.train_pbt"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

@@ -112,6 +112,11 @@ def execute_run(run_id: str, worker: str) -> None:
     if claim is None:
         log.info("run %s is not queued any more; skipping", run_id)
         return
+    if claim.pbt_id is not None:  # a population member: one interval, then the population decides
+        from worker.pbt import train_member
+
+        train_member(claim)
+        return
     _set_threads()
     progress = ProgressWriter(
         run_id,

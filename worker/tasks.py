@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import OperationalError
 
-from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_RUN
+from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
 from worker.app import app
 
 # Late acks (a task dies with its worker and is redelivered), results live in Postgres, and only transient
@@ -40,3 +40,10 @@ def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def
     from worker.pack import execute_pack
 
     execute_pack(run_ids, worker=self.request.hostname or "worker")
+
+
+@app.task(name=TRAIN_PBT, **TASK_OPTIONS)
+def train_pbt(self, pbt_id: str) -> None:  # type: ignore[no-untyped-def]
+    from worker.pbt import execute_round
+
+    execute_round(pbt_id, worker=self.request.hostname or "worker")

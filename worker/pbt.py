@@ -1,0 +1,205 @@
+"""Population members on a worker: one member's interval (distributed), or a whole round fused in one pack.
+
+Either way a member starts from its checkpoint in the checkpoint store (with the weights and optimizer state
+of the member it copied, if the last round replaced it, and its new hyperparameters), trains to the next
+round boundary under its own run's lease, writes its checkpoint there, and reports through
+lrlab.pbt.rounds.reach, whose last caller decides the round. A worker that dies mid-interval leaves a lease
+that lapses: the reconciler queues the member again and it trains the interval again from the same
+checkpoint (its points past the boundary were dropped by the claim), alone if need be.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import select, update
+
+import trainer
+from lrlab import leases
+from lrlab.db import session_scope
+from lrlab.models import Pbt, PbtMember, Run, new_id
+from lrlab.pbt import rounds
+from lrlab.pbt.checkpoints import CheckpointStore, get_checkpoint_store, member_key
+from lrlab.schemas import RunStatus
+from lrlab.schemas.pbt import PbtCreate
+from lrlab.settings import get_settings
+from worker.datasets import materialize
+from worker.execute import _record, _set_threads, outcome
+from worker.progress import ProgressWriter
+
+log = logging.getLogger(__name__)
+
+
+class _Place:
+    """One claimed member: what it trains with, where it stops, and how far it got."""
+
+    def __init__(self, claim: leases.Claim, member: PbtMember, request: PbtCreate, boundary: int) -> None:
+        self.claim, self.request, self.boundary = claim, request, boundary
+        self.member, self.epoch, self.weights_from = member.member, member.epoch, member.weights_from
+        self.hyperparameters = dict(member.hyperparameters)
+        self.reached = member.epoch
+        settings = get_settings()
+        self.writer = ProgressWriter(
+            claim.run_id,
+            lease_token=claim.token,
+            lease_seconds=settings.lease_seconds,
+            flush_seconds=settings.progress_flush_seconds,
+        )
+
+    def config(self) -> trainer.RunConfig:
+        spec = self.request.member_spec(self.member, self.hyperparameters).to_json()
+        return trainer.RunConfig.from_spec(materialize(spec))
+
+    def start(self, store: CheckpointStore, pbt_id: str, device: Any) -> trainer.Checkpoint | None:
+        """Its own checkpoint at `epoch`, with the weights and optimizer state of `weights_from`'s, and its
+        current hyperparameters in the optimizer state (a trainer resuming takes them from there)."""
+        if self.epoch == 0:
+            return None
+        own = trainer.checkpoint_from_bytes(store.get(member_key(pbt_id, self.member, self.epoch)), device)
+        if self.weights_from != self.member:  # exploit: the data order, curve and RNG stay the member's own
+            source = trainer.checkpoint_from_bytes(store.get(member_key(pbt_id, self.weights_from, self.epoch)), device)
+            own.model_state, own.optimizer_state = source.model_state, source.optimizer_state
+        numbers = {k: v for k, v in self.hyperparameters.items() if k != "lr"}
+        own.optimizer_state["hyperparameters"] = {**own.optimizer_state["hyperparameters"], **numbers}
+        if "lr" in self.hyperparameters:
+            own.optimizer_state["lr"] = float(self.hyperparameters["lr"])
+        return own
+
+    def on_epoch(self, point: trainer.EpochPoint) -> None:
+        self.writer.put_point(asdict(point))
+        self.reached = point.epoch
+
+    def should_stop(self) -> bool:
+        return self.reached >= self.boundary or self.writer.should_stop()
+
+    def save(self, store: CheckpointStore, pbt_id: str, ckpt: trainer.Checkpoint) -> None:
+        # before reach() records the epoch, so a member's recorded epoch always has its checkpoint stored
+        store.put(member_key(pbt_id, self.member, ckpt.epoch), trainer.checkpoint_to_bytes(ckpt))
+
+
+def _places(pbt_id: str, claims: list[leases.Claim]) -> tuple[Pbt, list[_Place]]:
+    with session_scope() as session:
+        pbt = session.get(Pbt, pbt_id)
+        assert pbt is not None
+        session.expunge(pbt)
+        request = PbtCreate.model_validate(pbt.spec)
+        by_run = {m.run_id: m for m in session.scalars(select(PbtMember).where(PbtMember.pbt_id == pbt_id))}
+        places = []
+        for claim in claims:
+            member = by_run[claim.run_id]
+            boundary = min(member.epoch + request.interval, request.epochs)
+            places.append(_Place(claim, member, request, boundary))
+    rounds.start(pbt_id)
+    return pbt, places
+
+
+def train_member(claim: leases.Claim) -> None:
+    """One member's interval on its own (execution distributed, or a member the reconciler sent alone)."""
+    assert claim.pbt_id is not None
+    _set_threads()
+    store = get_checkpoint_store()
+    pbt, (place,) = _places(claim.pbt_id, [claim])
+    try:
+        device = trainer.resolve_device(claim.spec.get("device", "auto"))
+        _set_device([claim.run_id], device, None)
+        result = trainer.train(
+            place.config(),
+            device=device,
+            data_root=get_settings().dataset_root,
+            on_epoch=place.on_epoch,
+            should_stop=place.should_stop,
+            start=place.start(store, pbt.id, device),
+            checkpoint_due=lambda epoch: epoch == place.boundary,
+            on_checkpoint=functools.partial(place.save, store, pbt.id),
+        )
+    except Exception as exc:
+        _fail([place], exc)
+        return
+    _finish(place, result)
+
+
+def execute_round(pbt_id: str, worker: str) -> None:
+    """A fused population's round: every queued member claimed here and trained as one stacked pack."""
+    from trainer.population import train_population
+
+    settings = get_settings()
+    with session_scope() as session:
+        ids = list(
+            session.scalars(
+                select(Run.id).where(Run.pbt_id == pbt_id, Run.status == RunStatus.queued.value).order_by(Run.id)
+            )
+        )
+    claims = [c for r in ids if (c := leases.claim_run(r, worker, lease_seconds=settings.lease_seconds))]
+    if not claims:
+        log.info("population %s: no member is queued; nothing to train", pbt_id)
+        return
+    _set_threads()
+    store = get_checkpoint_store()
+    pbt, places = _places(pbt_id, claims)
+    places.sort(key=lambda p: p.member)
+    try:
+        device = trainer.resolve_device(claims[0].spec.get("device", "auto"))
+        _set_device([p.claim.run_id for p in places], device, new_id())
+        log.info("population %s: %d members fused on %s to epoch %d", pbt_id, len(places), device, places[0].boundary)
+        results = train_population(
+            [p.config() for p in places],
+            device=device,
+            data_root=settings.dataset_root,
+            on_epoch=lambda k, point: places[k].on_epoch(point),
+            should_stop=lambda k: places[k].should_stop(),
+            starts=[p.start(store, pbt.id, device) for p in places],
+            checkpoint_due=lambda k, epoch: epoch == places[k].boundary,
+            on_checkpoint=lambda k, ckpt: places[k].save(store, pbt.id, ckpt),
+        )
+    except Exception as exc:
+        _fail(places, exc)
+        return
+    for place, result in zip(places, results, strict=True):
+        _finish(place, result)
+
+
+def _set_device(run_ids: list[str], device: Any, pack_id: str | None) -> None:
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id.in_(run_ids)).values(device=str(device), pack_id=pack_id))
+
+
+def _close(writer: ProgressWriter) -> bool:
+    try:
+        writer.close()
+        return True
+    except RuntimeError:
+        log.warning("progress of run %s was not fully recorded", writer.run_id, exc_info=True)
+        return False
+
+
+def _fail(places: list[_Place], exc: Exception) -> None:
+    log.exception("population member(s) failed: %s", ", ".join(p.claim.run_id for p in places))
+    error = f"{type(exc).__name__}: {exc}"[:4000]
+    for place in places:
+        _close(place.writer)
+        if not place.writer.lost.is_set():
+            _record(place.claim.run_id, place.claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
+            rounds.end_member(place.claim.run_id)
+
+
+def _finish(place: _Place, result: Any) -> None:
+    run_id, token = place.claim.run_id, place.claim.token
+    if not _close(place.writer) or place.writer.lost.is_set():
+        log.warning("member run %s: progress not ours any more; its lease decides", run_id)
+        return
+    if place.reached < place.boundary:  # stopped on request before its boundary: cancelled
+        _record(run_id, token, functools.partial(outcome, run_id, result))
+        rounds.end_member(run_id)
+        return
+    final: Callable[[], dict[str, Any]] | None = None
+    if place.boundary >= place.request.epochs:
+        final = functools.partial(outcome, run_id, result)
+    recorded, next_round = rounds.reach(run_id, token, place.boundary, final() if final else None)
+    if not recorded:
+        log.warning("member run %s: lease lost before its interval was recorded", run_id)
+        return
+    rounds.dispatch(next_round)
