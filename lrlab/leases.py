@@ -255,8 +255,13 @@ def _send_locked(session: Session, app: Celery, task: str, rows: Sequence[Run] |
     return sent
 
 
-def _requeue_expired(session: Session, app: Celery, now: datetime, out: Reconciled) -> None:
-    """running with an expired lease -> queued (and sent), or failed/cancelled when that is the right end."""
+def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[tuple[str, str]]:
+    """running with an expired lease -> queued, or failed/cancelled when that is the right end.
+
+    Returns the requeued (run id, queue) to send once this transaction has committed: a worker receiving the
+    message earlier would find the run still running (its claim does not wait for our row lock: the row it
+    sees does not match `status = queued`) and drop it, leaving the run to the redispatch timeout.
+    """
     rows = session.scalars(
         select(Run)
         .where(Run.status == RUNNING, Run.lease_expires_at < now)
@@ -280,9 +285,9 @@ def _requeue_expired(session: Session, app: Celery, now: datetime, out: Reconcil
             out.requeued.append(run.id)
     if requeued:
         log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
-        out.dispatched += _send_locked(session, app, broker.TRAIN_RUN, requeued)
     if out.failed or out.cancelled:
         session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(out.failed + out.cancelled)))
+    return [(run.id, run.queue) for run in requeued]
 
 
 def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds: float) -> Any:
@@ -308,7 +313,9 @@ def _dispatch_unsent(session: Session, app: Celery, settings: Settings, now: dat
         out.dispatched += _send_locked(session, app, broker.TRAIN_RUN, rows)
 
 
-def _reconcile_lr_finders(session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled) -> None:
+def _reconcile_lr_finders(
+    session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled
+) -> list[tuple[str, str]]:
     # A job has no lease (a sweep is short); its worker's heartbeat stands in: gone for the heartbeat ttl
     # while the job is running means the worker died with it.
     fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
@@ -327,14 +334,15 @@ def _reconcile_lr_finders(session: Session, app: Celery, settings: Settings, now
         out.lr_finders_requeued.append(job.id)
     unsent = session.scalars(
         select(LrFinder)
-        .where(_unsent(LrFinder, now, settings.redispatch_seconds))
+        .where(_unsent(LrFinder, now, settings.redispatch_seconds), LrFinder.id.not_in([j.id for j in orphaned]))
         .order_by(LrFinder.created_at)
         .limit(BATCH)
         .with_for_update(skip_locked=True)
     ).all()
-    rows = list({job.id: job for job in [*orphaned, *unsent]}.values())  # the orphans are unsent now, too
-    if rows:
-        out.lr_finders_dispatched += _send_locked(session, app, broker.FIND_LR, rows)
+    if unsent:  # queued already (committed): a worker receiving one now can claim it
+        out.lr_finders_dispatched += _send_locked(session, app, broker.FIND_LR, unsent)
+    # the orphans only once queued is committed (see _requeue_expired)
+    return [(job.id, job.queue) for job in orphaned]
 
 
 def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
@@ -346,11 +354,16 @@ def reconcile(*, app: Celery | None = None, settings: Settings | None = None) ->
     settings = settings or get_settings()
     out = Reconciled()
     with session_scope() as session:
-        _requeue_expired(session, app, utcnow(), out)
+        requeued = _requeue_expired(session, utcnow(), out)
+    out.dispatched += _send(app, broker.TRAIN_RUN, requeued)  # after the commit; unsent ones: the outbox
+    _stamp(Run, [run_id for run_id in out.dispatched])
     with session_scope() as session:
         _dispatch_unsent(session, app, settings, utcnow(), out)
     with session_scope() as session:
-        _reconcile_lr_finders(session, app, settings, utcnow(), out)
+        orphans = _reconcile_lr_finders(session, app, settings, utcnow(), out)
+    sent = _send(app, broker.FIND_LR, orphans)
+    _stamp(LrFinder, sent)
+    out.lr_finders_dispatched += sent
     with session_scope() as session:
         # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
         out.checkpoints_dropped = session.execute(

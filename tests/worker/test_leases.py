@@ -216,3 +216,30 @@ def test_reconcile_sends_unsent_and_orphaned_lr_finder_jobs(q: Any) -> None:
         got = [s.get(LrFinder, j.id) for j in (unsent, orphan)]
         assert [(j.status, j.dispatched_at is not None) for j in got if j] == [("queued", True), ("queued", True)]
     assert waiting() == 2
+
+
+def test_requeued_run_can_be_claimed_the_moment_its_message_arrives(q: Any) -> None:
+    """A worker may take the message before the reconciler's transaction ends; the run must be claimable then.
+
+    (A claim does not wait for the reconciler's row lock: the committed row it sees is still `running`, so
+    it matches nothing. Sending inside the transaction once left requeued runs to the redispatch timeout.)
+    """
+    name, _ = q
+    run_id = new_run(name)
+    assert leases.claim_run(run_id, "w1", lease_seconds=30) is not None
+    set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    app = make_celery()
+    claims: list[Any] = []
+    send = app.send_task
+
+    def send_and_claim(task: str, *args: Any, **kwargs: Any) -> Any:  # the real send, then a worker's claim
+        result = send(task, *args, **kwargs)
+        with ThreadPoolExecutor(1) as pool:  # its own connection, as another worker process would have
+            claims.append(pool.submit(leases.claim_run, run_id, "w2").result(timeout=10))
+        return result
+
+    app.send_task = send_and_claim  # type: ignore[method-assign]
+    out = leases.reconcile(app=app)
+    assert out.requeued == [run_id] and out.dispatched == [run_id]
+    assert claims and claims[0] is not None, "the message arrived before the run was queued"
+    assert row(run_id).status == "running" and row(run_id).worker == "w2"
