@@ -154,6 +154,8 @@ def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec: dict[str, Any] = json.loads(text)
     else:
         spec = {}
+    if "pbt_id" in spec and "run" in spec:  # `lrlab pbt schedule ID | lrlab submit -`: replay its run spec
+        spec = dict(spec["run"])
     optimizer = dict(spec.get("optimizer") or {})
     if args.optimizer:
         optimizer = {"name": args.optimizer}
@@ -260,6 +262,84 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pbt_submit(args: argparse.Namespace) -> int:
+    """A population (PbtCreate JSON, - for stdin); prints its id."""
+    from lrlab.client import ApiError
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        created = _client(args).create_pbt(json.loads(text))
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"population {created.id}: {len(created.runs)} members")
+    return 0
+
+
+def cmd_pbt_watch(args: argparse.Namespace) -> int:
+    """A progress line whenever the population moves and each round's exploits, then the best member and the
+    lr schedule its weights were trained with (inherited history included)."""
+    lab = _client(args)
+    shown, events = None, 0
+    while True:
+        pbt = lab.get_pbt(args.pbt_id)
+        for e in pbt.lineage[events:]:  # ordered by epoch: a new round only appends
+            changes = ", ".join(
+                f"{k} {_num(e.old.get(k))} -> {_num(v)}{' (resampled)' if k in e.resampled else ''}"
+                for k, v in e.new.items()
+            )
+            print(f"  after epoch {e.epoch}: member {e.target} <- member {e.source}  {changes}")
+        events = len(pbt.lineage)
+        line = lab.pbt_progress_line(pbt)
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if pbt.status.is_finished():
+            break
+        time.sleep(args.poll)
+    if pbt.error:
+        print(f"error: {pbt.error}")
+    best = pbt.best
+    if best is None:
+        print("no best member: no interval finished")
+    else:
+        also = ""
+        if pbt.spec.metric != "val_accuracy" and best.val_accuracy is not None:
+            also = f" val_accuracy {best.val_accuracy:.4f}"
+        score = f"{pbt.spec.metric} {best.score:.4f}{also}"
+        print(f"best: member {best.member} (run {best.run_id}) {score} at epoch {best.epoch}")
+        print("lr schedule (the weights' whole history):")
+        base_lr = pbt.spec.base.optimizer.lr
+        segments: list[tuple[int, int, int, Any]] = []  # (first epoch, last epoch, member, lr)
+        for f in best.schedule:
+            lr = f.values.get("lr", base_lr)
+            if segments and segments[-1][2:] == (f.member, lr):
+                segments[-1] = (segments[-1][0], f.epoch, f.member, lr)
+            else:
+                segments.append((f.epoch, f.epoch, f.member, lr))
+        for first, last, member, lr in segments:
+            print(f"  epochs {first}-{last}  lr {_num(lr)}  (as member {member})")
+        print(f"replay it: lrlab pbt schedule {pbt.id} | lrlab submit -")
+    return 0 if pbt.status.value != "failed" else 1
+
+
+def cmd_pbt_schedule(args: argparse.Namespace) -> int:
+    """The discovered schedule as JSON: its `run` is a run spec (`lrlab submit -` takes the whole document)."""
+    from lrlab.client import ApiError
+
+    try:
+        found = _client(args).pbt_schedule(args.pbt_id)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(found.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("run_id")
     cn.set_defaults(func=cmd_cancel)
 
+    pbt = sub.add_parser("pbt", help="Population based training: submit, watch, the discovered schedule.")
+    pbtsub = pbt.add_subparsers(dest="pbt_command", required=True)
+    ps = remote(pbtsub.add_parser("submit", help="Submit a population; prints its id."))
+    ps.add_argument("file", help="JSON population (POST /v1/pbt body), or - for stdin")
+    ps.set_defaults(func=cmd_pbt_submit)
+    pw = remote(pbtsub.add_parser("watch", help="Progress per round until finished; the best member's schedule."))
+    pw.add_argument("pbt_id")
+    pw.set_defaults(func=cmd_pbt_watch)
+    pd = remote(pbtsub.add_parser("schedule", help="The discovered schedule as JSON (pipe it to `lrlab submit -`)."))
+    pd.add_argument("pbt_id")
+    pd.set_defaults(func=cmd_pbt_schedule)
+
     db = sub.add_parser("db", help="Database schema (Alembic).")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     up_db = dbsub.add_parser("upgrade", help="Migrate to the newest schema.")
@@ -339,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "loglevel", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from lrlab.logs import configure
+
+    # LRLAB_LOG_FORMAT=json: one JSON object per line, with the run id of the task that logged it
+    configure(getattr(args, "loglevel", "INFO"), get_settings().log_format)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the client commands' output
     return int(args.func(args) or 0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import OperationalError
 
+from lrlab.logs import run_context
 from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
 from worker.app import app
 
@@ -25,25 +26,29 @@ def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
     # Imported here, not at module top: the prefork parent must never initialise torch (fork-unsafe).
     from worker.execute import execute_run
 
-    execute_run(run_id, worker=self.request.hostname or "worker")
+    with run_context(run_id):
+        execute_run(run_id, worker=self.request.hostname or "worker")
 
 
 @app.task(name=FIND_LR, **TASK_OPTIONS)
 def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     from worker.find_lr import execute_lr_finder
 
-    execute_lr_finder(job_id, worker=self.request.hostname or "worker")
+    with run_context(job_id):
+        execute_lr_finder(job_id, worker=self.request.hostname or "worker")
 
 
 @app.task(name=TRAIN_PACK, **TASK_OPTIONS)
 def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     from worker.pack import execute_pack
 
-    execute_pack(run_ids, worker=self.request.hostname or "worker")
+    with run_context(",".join(run_ids)):  # a pack's lines are about all of its runs
+        execute_pack(run_ids, worker=self.request.hostname or "worker")
 
 
 @app.task(name=TRAIN_PBT, **TASK_OPTIONS)
 def train_pbt(self, pbt_id: str) -> None:  # type: ignore[no-untyped-def]
     from worker.pbt import execute_round
 
-    execute_round(pbt_id, worker=self.request.hostname or "worker")
+    with run_context(pbt_id):
+        execute_round(pbt_id, worker=self.request.hostname or "worker")
