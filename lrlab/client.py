@@ -6,6 +6,8 @@
     lab.wait(exp.runs)                               # progress on stderr
     print(lab.compare(experiment_id=exp.id).verdict)
     lab.save_chart(exp.id, "val_accuracy", "acc.png")
+    pbt = lab.wait_pbt(lab.create_pbt({"mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}}}).id)
+    lab.submit_run(lab.pbt_schedule(pbt.id).run)  # replay the discovered lr schedule from scratch
 
 It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames
 when pandas is installed.
@@ -13,6 +15,7 @@ when pandas is installed.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -33,6 +36,7 @@ from lrlab.schemas.experiments import (
     LrFinderCreate,
     LrFinderPublic,
 )
+from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
 
 M = TypeVar("M", bound=BaseModel)
 FINISHED = {"succeeded", "failed", "cancelled", "diverged"}
@@ -156,6 +160,27 @@ class Client:
     def lr_finder(self, job_id: str) -> LrFinderPublic:
         return self._get(LrFinderPublic, f"/v1/lr-finder/{job_id}")
 
+    # --- population based training -------------------------------------------------------------
+
+    def create_pbt(self, request: PbtCreate | dict[str, Any], *, idempotency_key: str | None = None) -> PbtCreated:
+        return self._post(PbtCreated, "/v1/pbt", request, idempotency_key)
+
+    def get_pbt(self, pbt_id: str) -> PbtPublic:
+        return self._get(PbtPublic, f"/v1/pbt/{pbt_id}")
+
+    def list_pbts(self, *, limit: int = 20, cursor: str | None = None) -> PbtsPublic:
+        return self._get(PbtsPublic, "/v1/pbt", limit=limit, cursor=cursor)
+
+    def cancel_pbt(self, pbt_id: str) -> PbtPublic:
+        return PbtPublic.model_validate(self._request("POST", f"/v1/pbt/{pbt_id}/cancel").json())
+
+    def pbt_schedule(self, pbt_id: str) -> DiscoveredSchedule:
+        """The best member's lr schedule and a run spec replaying it; ApiError 409 before any interval ended."""
+        return self._get(DiscoveredSchedule, f"/v1/pbt/{pbt_id}/schedule")
+
+    def pbt_chart(self, pbt_id: str, metric: str = "val_accuracy", *, fmt: str = "png") -> bytes:
+        return self._request("GET", f"/v1/pbt/{pbt_id}/charts/{metric}.{fmt}").content
+
     # --- waiting ----------------------------------------------------------------------------------
 
     def wait(
@@ -182,6 +207,48 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"runs not finished after {timeout}s")
             time.sleep(poll)
+
+    def wait_pbt(
+        self,
+        pbt_id: str,
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        progress: bool = True,
+        out: TextIO | None = None,
+    ) -> PbtPublic:
+        """Poll until the population is finished; a progress line on stderr whenever it moves."""
+        stream = out or sys.stderr
+        deadline = None if timeout is None else time.monotonic() + timeout
+        shown = None
+        while True:
+            pbt = self.get_pbt(pbt_id)
+            line = self.pbt_progress_line(pbt)
+            if progress and line != shown:
+                stream.write(line + "\n")
+                stream.flush()
+                shown = line
+            if pbt.status.is_finished():
+                return pbt
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"population {pbt_id} not finished after {timeout}s")
+            time.sleep(poll)
+
+    @staticmethod
+    def pbt_progress_line(pbt: PbtPublic, width: int = 24) -> str:
+        """Epochs every member has trained, rounds (intervals) decided, exploits so far and the leader."""
+        total, interval = pbt.spec.epochs, pbt.spec.interval
+        done = min((len(m.points) for m in pbt.members), default=0)
+        filled = round(width * done / total)
+        rounds = math.ceil(total / interval)
+        line = (
+            f"{pbt.id[:8]} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+            f" round {math.ceil(pbt.epochs_completed / interval)}/{rounds} {pbt.status.value}"
+            f"  {len(pbt.lineage)} exploit{'s' if len(pbt.lineage) != 1 else ''}"
+        )
+        if pbt.best is not None:
+            line += f"  best member {pbt.best.member} {pbt.spec.metric} {pbt.best.score:.4f}"
+        return line
 
     def progress_line(self, run: RunPublic, width: int = 24) -> str:
         pts = self.curves(run.id).points if run.status.value != "queued" else []

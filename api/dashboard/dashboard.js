@@ -5,6 +5,7 @@ import { comparePage, experimentPage } from "./compare.js";
 import { errorBox, h } from "./dom.js";
 import { homePage } from "./home.js";
 import { lrFinderPage } from "./lrfinder.js";
+import { pbtPage } from "./pbt.js";
 import { runPage } from "./run.js";
 
 const ROUTES = [
@@ -13,6 +14,7 @@ const ROUTES = [
   [/^\/experiments\/([^/]+)$/, (app, id) => experimentPage(app, id)],
   [/^\/compare$/, (app) => comparePage(app, (new URLSearchParams(location.search).get("runs") || "").split(",").filter(Boolean))],
   [/^\/lr-finder\/([^/]+)$/, (app, id) => lrFinderPage(app, id)],
+  [/^\/pbt\/([^/]+)$/, (app, id) => pbtPage(app, id)],
 ];
 
 async function main() {

@@ -1,5 +1,5 @@
-// The home page: recent runs (filter by status and optimizer), experiments, lr range tests, and the form
-// that submits a run (POST /v1/runs) or a grid (POST /v1/experiments) and opens its page.
+// The home page: recent runs (filter by status and optimizer), experiments, populations (PBT), lr range tests,
+// and the form that submits a run (POST /v1/runs) or a grid (POST /v1/experiments) and opens its page.
 
 import { api } from "./api.js";
 import {
@@ -18,6 +18,7 @@ export async function homePage(app) {
   const runsBox = h("div", { class: "table-wrap" });
   const experimentsBox = h("div", { class: "table-wrap" });
   const findersBox = h("div");
+  const pbtsBox = h("div");
   const compareButton = h("button", { type: "button", class: "secondary", disabled: true }, "Compare selected");
   compareButton.addEventListener("click", () => {
     location.href = `/compare?runs=${[...selected].join(",")}`;
@@ -53,6 +54,7 @@ export async function homePage(app) {
         runsBox,
         h("h2", {}, "Experiments"),
         experimentsBox,
+        pbtsBox,
         findersBox,
       ),
       h("aside", { class: "side" }, submitForm(catalog, query)),
@@ -61,17 +63,21 @@ export async function homePage(app) {
 
   async function refresh() {
     const q = new URLSearchParams({ limit: "50", ...Object.fromEntries(Object.entries(filters).filter(([, v]) => v)) });
-    const [runs, experiments, finders] = await Promise.all([
+    const [runs, experiments, finders, pbts] = await Promise.all([
       api(`/v1/runs?${q}`),
       api("/v1/experiments?limit=20"),
       api("/v1/lr-finder?limit=10"),
+      api("/v1/pbt?limit=10"),
     ]);
     runsBox.replaceChildren(runsTable(runs.data, selected, compareButton));
     experimentsBox.replaceChildren(experimentsTable(experiments.data));
     findersBox.replaceChildren(
       ...(finders.data.length ? [h("h2", {}, "LR range tests"), h("div", { class: "table-wrap" }, findersTable(finders.data))] : []),
     );
-    const active = [...runs.data, ...experiments.data, ...finders.data].some((x) => !FINISHED.has(x.status));
+    pbtsBox.replaceChildren(
+      ...(pbts.data.length ? [h("h2", {}, "Populations"), h("div", { class: "table-wrap" }, pbtsTable(pbts.data))] : []),
+    );
+    const active = [...runs.data, ...experiments.data, ...finders.data, ...pbts.data].some((x) => !FINISHED.has(x.status));
     clearTimeout(refresh.timer);
     if (active) refresh.timer = setTimeout(() => refresh().catch(() => {}), REFRESH_MS);
   }
@@ -127,6 +133,24 @@ function experimentsTable(experiments) {
         h("td", {}, Object.entries(e.counts).filter(([, n]) => n).map(([s, n]) =>
           h("span", { class: `count status-${s}` }, `${n} ${s}`))),
         h("td", {}, when(e.created_at)),
+      ))),
+  );
+}
+
+function pbtsTable(populations) {
+  return h("table", { dataset: { role: "pbts" } },
+    h("thead", {}, h("tr", {},
+      h("th", {}, "name"), h("th", {}, "status"), h("th", {}, "searches"), h("th", { class: "num" }, "epochs"),
+      h("th", {}, "best member"), h("th", {}, "created"),
+    )),
+    h("tbody", {}, populations.map((p) =>
+      h("tr", { dataset: { pbtId: p.id } },
+        h("td", {}, h("a", { href: `/pbt/${p.id}` }, p.name), " ", h("span", { class: "muted mono" }, shortId(p.id))),
+        h("td", {}, statusBadge(p.status)),
+        h("td", {}, `${p.spec.population} × ${Object.keys(p.spec.mutations).join(", ")} · ${p.spec.base.optimizer.name}`),
+        h("td", { class: "num" }, `${p.epochs_completed}/${p.spec.epochs}`),
+        h("td", {}, p.best ? `member ${p.best.member} · ${pct(p.best.val_accuracy)}` : "–"),
+        h("td", {}, when(p.created_at)),
       ))),
   );
 }

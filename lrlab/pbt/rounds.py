@@ -371,7 +371,10 @@ def discovered_schedule(session: Session, pbt: Pbt) -> DiscoveredSchedule | None
     spec = request.base.to_json()
     spec["optimizer"].update({k: v for k, v in values[0].items() if k != "lr"})
     spec["optimizer"]["lr"] = lrs[0]
-    spec.update(epochs=len(lrs), seed=request.base.seed + found.member, schedule=piecewise.model_dump(mode="json"))
+    # the seed of the member whose initial weights the best ones descend from (its first epoch's), not the
+    # best member's own: the replay then starts from the same weights and data order as that lineage did
+    seed = request.member_spec(found.schedule[0].member, {}).seed
+    spec.update(epochs=len(lrs), seed=seed, schedule=piecewise.model_dump(mode="json"))
     others = {
         name: [v.get(name) for v in values]
         for name in request.mutations

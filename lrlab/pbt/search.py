@@ -79,12 +79,16 @@ def quantile_size(population: int, quantile: float) -> int:
     return min(math.ceil(population * quantile), population // 2)
 
 
+def _finite(score: float | None) -> bool:
+    return score is not None and math.isfinite(score)
+
+
 def rank(scores: Sequence[float | None], mode: str) -> list[int]:
     """Member indices best first; a missing or non-finite score ranks last, ties by index."""
 
     def key(i: int) -> tuple[int, float, int]:
         s = scores[i]
-        if s is None or not math.isfinite(s):
+        if s is None or not _finite(s):
             return (1, 0.0, i)
         return (0, -s if mode == "max" else s, i)
 
@@ -113,7 +117,12 @@ def exploit_and_explore(
     n = quantile_size(len(order), quantile)
     if n == 0:
         return []
-    top, bottom = order[:n], order[-n:]
+    # a missing or non-finite score ranks last, but with more than half the population diverged it still
+    # reaches the top quantile: never copy such a member's (NaN) weights
+    top = [i for i in order[:n] if _finite(scores[i])]
+    bottom = order[-n:]
+    if not top:
+        return []
     out = []
     for target in sorted(bottom):
         source = rng.choice(top)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from lrlab.schemas.runs import CurvePoint, RunStatus, RunSummary
 from lrlab.schemas.spec import MAX_EPOCHS, OPTIMIZER_SCHEMAS, PiecewiseSchedule, RunSpec, Strict
@@ -65,7 +76,32 @@ class Choices(Strict):
         return value
 
 
-MutationSpec = LogUniform | Uniform | Choices
+MUTATION_KINDS: dict[str, type[Strict]] = {"log_uniform": LogUniform, "uniform": Uniform, "choices": Choices}
+
+
+def _mutation_kind(value: Any) -> str | None:
+    """The one key naming the kind; None (one clear error, not one per kind) for anything else."""
+    if isinstance(value, dict):
+        kinds = [k for k in MUTATION_KINDS if k in value]
+        return kinds[0] if len(kinds) == 1 else None
+    return next((k for k, cls in MUTATION_KINDS.items() if isinstance(value, cls)), None)
+
+
+MutationSpec = Annotated[
+    Annotated[LogUniform, Tag("log_uniform")] | Annotated[Uniform, Tag("uniform")] | Annotated[Choices, Tag("choices")],
+    Discriminator(
+        _mutation_kind,
+        custom_error_type="mutation_kind",
+        custom_error_message='expected one of {"log_uniform": [low, high]}, {"uniform": [low, high]}'
+        ' or {"choices": [...]}',
+    ),
+]
+
+
+def _invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> ValidationError:
+    """A check across fields, reported at the field it is about (a plain ValueError would point at the body)."""
+    error = InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=value)
+    return ValidationError.from_exception_data("PbtCreate", [error])
 
 
 def mutation_values(m: MutationSpec) -> list[float]:
@@ -87,7 +123,8 @@ class PbtCreate(Strict):
         description=(
             "A run spec without `epochs` (set at the top level). Its schedule must be constant: the population"
             " finds the schedule. Members never stop early or on divergence: a diverged member ranks last and is"
-            " replaced. Member k trains with seed base.seed + k."
+            " replaced. Every member trains with base.seed: the seed picks the train/validation split, and a"
+            " member that copies another's weights must not be scored on data those weights were trained on."
         ),
     )
     population: int = Field(8, ge=2, le=MAX_POPULATION)
@@ -121,7 +158,9 @@ class PbtCreate(Strict):
     @classmethod
     def _base_without_epochs(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("base"), dict) and "epochs" in data["base"]:
-            raise ValueError("base.epochs: set `epochs` at the top level (the population's total)")
+            raise _invalid(
+                ("base", "epochs"), "set `epochs` at the top level (the population's total)", data["base"]["epochs"]
+            )
         return data
 
     @model_validator(mode="after")
@@ -129,31 +168,47 @@ class PbtCreate(Strict):
         if self.mode is None:
             self.mode = "max" if self.metric.endswith("accuracy") else "min"
         if self.interval > self.epochs:
-            raise ValueError(f"interval ({self.interval}) must be at most epochs ({self.epochs})")
+            raise _invalid(("interval",), f"must be at most epochs ({self.epochs})", self.interval)
         schedule = self.base.schedule
         if schedule.kind != "constant" or schedule.warmup_epochs:
-            raise ValueError("base.schedule must be constant without warmup: the population discovers the schedule")
+            raise _invalid(
+                ("base", "schedule"),
+                "must be constant without warmup: the population discovers the schedule",
+                schedule.model_dump(mode="json"),
+            )
         if self.base.patience is not None:
-            raise ValueError("base.patience: members train every epoch (early stopping would break the rounds)")
+            raise _invalid(
+                ("base", "patience"),
+                "members train every epoch (early stopping would break the rounds): leave it out",
+                self.base.patience,
+            )
         optimizer = self.base.optimizer
         allowed = MUTABLE[optimizer.name]
         for name, space in self.mutations.items():
+            at, given = ("mutations", name), space.model_dump(mode="json")
             if name not in allowed:
-                raise ValueError(
-                    f"mutations.{name}: not a searchable hyperparameter of {optimizer.name} ({', '.join(allowed)})"
+                raise _invalid(
+                    at, f"not a searchable hyperparameter of {optimizer.name} (one of {', '.join(allowed)})", given
                 )
             for value in mutation_values(space):
                 try:
                     OPTIMIZER_SCHEMAS[optimizer.name].model_validate({**optimizer.model_dump(), name: value})
                 except ValidationError as exc:
-                    raise ValueError(
-                        f"mutations.{name}: {value:g} is not valid for {optimizer.name}: {exc.errors()[0]['msg']}"
+                    reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise _invalid(
+                        at, f"{value:g} is not a valid {name} for {optimizer.name}: {reason}", given
                     ) from None
             if name == "momentum" and 0 in mutation_values(space):
-                raise ValueError(
-                    "mutations.momentum: keep 0 out of the range (a momentum buffer cannot appear or vanish mid-run)"
-                )
+                raise _invalid(at, "keep 0 out of the range (a momentum buffer cannot appear or vanish mid-run)", given)
         return self
+
+    @field_serializer("base", mode="wrap")
+    def _base_out(self, base: RunSpec, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # base never has epochs (RunSpec's default would show, and a PbtPublic read back would fail the check
+        # above); no return annotation, so the schema still documents base as a RunSpec
+        out = handler(base)
+        out.pop("epochs", None)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The stored form: defaults filled in, base without the epochs it never had."""
@@ -166,7 +221,10 @@ class PbtCreate(Strict):
         spec = self.base.to_json()
         spec["optimizer"].update(hyperparameters)
         spec["epochs"] = self.epochs
-        spec["seed"] = self.base.seed + member
+        # one seed for all: the seed also picks the train/validation split (and its standardisation), and an
+        # exploit hands one member's weights to another; with seed + k those weights had trained on part of
+        # the target's validation set, so the rounds (and `best`) rewarded memorised validation samples
+        spec["seed"] = self.base.seed
         spec["divergence"] = {**spec["divergence"], "enabled": False}
         return RunSpec.model_validate(spec)
 

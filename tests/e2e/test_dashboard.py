@@ -136,7 +136,7 @@ def _status(page: Any) -> str:
 
 
 def test_pages_and_assets_are_served_outside_the_api_schema(up: str) -> None:
-    for path in ("/", "/runs/x", "/experiments/x", "/compare?runs=a,b", "/lr-finder/x"):
+    for path in ("/", "/runs/x", "/experiments/x", "/compare?runs=a,b", "/lr-finder/x", "/pbt/x"):
         with urllib.request.urlopen(f"{up}{path}", timeout=10) as resp:
             assert resp.headers["content-type"].startswith("text/html")
             assert b'src="/static/dashboard.js"' in resp.read()
@@ -147,7 +147,7 @@ def test_pages_and_assets_are_served_outside_the_api_schema(up: str) -> None:
         status, body = _http("GET", f"{up}/static/{name}")
         assert status in (404, 422) and "detail" in body, (name, body)  # never the file, never a 500
     paths = _http("GET", f"{up}/openapi.json")[1]["paths"]
-    assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/experiments", "/compare", "/static"))]
+    assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/experiments", "/compare", "/pbt", "/static"))]
 
 
 def test_submit_run_from_form_streams_curves_until_succeeded(up: str, page: Any) -> None:
@@ -250,6 +250,127 @@ def test_lr_finder_page_marks_the_suggestion(up: str, page: Any) -> None:
     assert paths.count() == 2
     assert int(paths.first.get_attribute("data-points")) == sum(p["loss"] is not None for p in job["points"])
     assert page.locator("[data-role=suggested-grid] li").count() == len(job["suggested_grid"]) > 0
+
+
+# Four members, two intervals, one exploit round: a few seconds on the embedded worker.
+PBT: dict[str, Any] = {
+    "name": "dashboard pbt",
+    "base": {"dataset": "digits", "device": "cpu", "model": {"name": "mlp", "hidden": [32]}},
+    "population": 4,
+    "epochs": 4,
+    "interval": 2,
+    "mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}},
+    "execution": "fused",
+}
+
+
+def _submit_pbt(base: str, body: dict[str, Any]) -> str:
+    status, created = _http("POST", f"{base}/v1/pbt", body)
+    assert status == 202, created
+    return str(created["id"])
+
+
+def _wait_pbt(base: str, pbt_id: str) -> dict[str, Any]:
+    def done() -> Any:
+        body = _http("GET", f"{base}/v1/pbt/{pbt_id}")[1]
+        return body if body["status"] not in ("queued", "running") else None
+
+    found: dict[str, Any] = wait_for(done, 120, f"population {pbt_id}", interval=0.3)
+    return found
+
+
+def test_pbt_page_shows_members_exploits_lineage_and_schedule(up: str, page: Any) -> None:
+    pbt = _wait_pbt(up, _submit_pbt(up, PBT))
+    assert pbt["status"] == "succeeded" and pbt["best"] is not None, pbt
+    lineage, best = pbt["lineage"], pbt["best"]
+    assert [e["epoch"] for e in lineage] == [2]
+    page.goto(f"{up}/")
+    page.click(f"[data-role=pbts] tr[data-pbt-id='{pbt['id']}'] a")  # listed on the home page
+    page.wait_for_url(f"{up}/pbt/{pbt['id']}")
+    page.wait_for_function("document.querySelector('[data-role=schedule-json]')?.textContent.startsWith('{')")
+    assert _status(page) == "succeeded"
+    assert page.locator("[data-role=epochs]").inner_text() == "epoch 4 / 4 · round 2 / 2"
+
+    curves = page.locator("[data-chart=members]")
+    lines = curves.locator("[data-role=series]")
+    assert [lines.nth(k).get_attribute("data-series") for k in range(lines.count())] == [f"member-{k}" for k in "0123"]
+    assert [int(lines.nth(k).get_attribute("data-points")) for k in range(4)] == [4, 4, 4, 4]
+    marker = curves.locator("[data-role=marker]")
+    assert marker.count() == 1 and float(marker.get_attribute("data-value")) == 2
+    (event,) = lineage
+    assert f"exploit {event['target']}←{event['source']}" in (marker.text_content() or "")
+
+    row = page.locator("[data-role=lineage] tbody tr")
+    assert row.count() == 1
+    assert (row.get_attribute("data-target"), row.get_attribute("data-source")) == (
+        str(event["target"]),
+        str(event["source"]),
+    )
+    text = row.inner_text()
+    assert f"member {event['target']} ← member {event['source']}" in text and "lr " in text and " → " in text
+    assert ("resampled" if "lr" in event["resampled"] else "perturbed") in text
+
+    members = page.locator("[data-role=members] tbody tr")
+    assert members.count() == 4
+    for k, member in enumerate(pbt["members"]):
+        cells = members.nth(k)
+        assert cells.locator(f"a[href='/runs/{member['run_id']}']").count() == 1
+        assert "succeeded" in cells.inner_text() and "4/4" in cells.inner_text()
+        assert ("best" in cells.inner_text()) == (k == best["member"])
+
+    schedule = page.locator("[data-chart=schedule]")
+    assert schedule.get_attribute("data-scale") == "log"
+    step = schedule.locator("[data-role=series]")
+    assert step.count() == 1 and int(step.get_attribute("data-points")) == 2 * 4  # a step: each epoch's start and end
+    followed = [f["member"] for f in best["schedule"]]
+    handovers = sum(a != b for a, b in zip(followed, followed[1:], strict=False))
+    assert schedule.locator("[data-role=marker]").count() == handovers
+    trained_as = page.locator("[data-role=schedule] tbody tr td:last-child").all_inner_texts()
+    runs_of = [m for i, m in enumerate(followed) if i == 0 or followed[i - 1] != m]  # a table row per run of epochs
+    assert [t.strip() for t in trained_as] == [f"member {m}" for m in runs_of]
+    found = _http("GET", f"{up}/v1/pbt/{pbt['id']}/schedule")[1]
+    assert json.loads(page.locator("[data-role=schedule-json]").text_content() or "") == found
+    assert page.locator("[data-role=schedule-link]").get_attribute("href") == f"/v1/pbt/{pbt['id']}/schedule"
+
+    # the curve picker redraws every member with another metric
+    page.select_option("[data-role=metric]", "val_loss")
+    assert curves.locator("[data-role=series]").count() == 4
+    assert "val_loss" in curves.locator(".axis-label").all_text_contents()
+
+    # the discovered schedule trains from scratch as a run of its own
+    page.click("[data-role=replay]")
+    page.wait_for_url(RUN_PATH)
+    run = _http("GET", f"{up}/v1/runs/{page.url.rsplit('/', 1)[1]}")[1]
+    assert run["spec"]["schedule"] == found["schedule"] and run["spec"]["epochs"] == 4
+    page.goto("about:blank")  # close the run page's stream
+
+
+def test_pbt_page_updates_live_until_finished(up: str, page: Any) -> None:
+    # smaller batches and three rounds: long enough to watch it move
+    slower = {**PBT, "name": "live pbt", "epochs": 6, "base": {**PBT["base"], "batch_size": 8}}
+    pbt_id = _submit_pbt(up, slower)
+    page.goto(f"{up}/pbt/{pbt_id}")
+    page.wait_for_selector("[data-role=epochs]")
+    assert _status(page) in ("queued", "running")
+    assert page.get_by_role("button", name="Cancel population").is_visible()
+
+    seen: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen.append(int(page.locator("[data-role=epochs]").inner_text().split()[1]))
+        if _status(page) not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    seen.append(int(page.locator("[data-role=epochs]").inner_text().split()[1]))
+    assert _status(page) == "succeeded", _http("GET", f"{up}/v1/pbt/{pbt_id}")
+    assert seen == sorted(seen), seen
+    assert any(0 < n < 6 for n in seen), f"never saw a partial population: {sorted(set(seen))}"
+    assert seen[-1] == 6
+    lineage = _http("GET", f"{up}/v1/pbt/{pbt_id}")[1]["lineage"]
+    assert [e["epoch"] for e in lineage] == [2, 4]
+    assert page.locator("[data-role=lineage] tbody tr").count() == 2
+    assert page.locator("[data-chart=members] [data-role=marker]").count() == 2
+    assert page.get_by_role("button", name="Cancel population").count() == 0
 
 
 def test_key_prompt_stores_the_key_and_sends_it_on_every_call(tmp_path: Path, page: Any) -> None:

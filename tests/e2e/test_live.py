@@ -7,15 +7,28 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from lrlab.client import ApiError, Client
+from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate
 from tests.conftest import ROOT, stop_process, wait_for, wait_run
 from tests.e2e.test_embedded import _free_port, _http
 
 pytestmark = pytest.mark.service
+
+# Four members, two intervals, one exploit round: a few seconds on the session's worker.
+TINY_PBT: dict[str, Any] = {
+    "name": "tiny pbt",
+    "base": {"dataset": "digits", "device": "cpu", "model": {"name": "mlp", "hidden": [32]}},
+    "population": 4,
+    "epochs": 4,
+    "interval": 2,
+    "mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}},
+    "execution": "fused",
+}
 
 
 def read_events(client: Any, run_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -131,3 +144,137 @@ def test_metrics_in_prometheus_format(api_client: Any, worker: Any) -> None:
     assert 'lrlab_runs{status="succeeded"}' in text and 'lrlab_runs{status="queued"}' in text
     assert "lrlab_epoch_seconds_total" in text and "lrlab_epochs_total" in text
     assert 'lrlab_http_request_seconds_count{method="POST",route="/v1/runs",status="202"}' in text
+
+
+def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
+    lab = Client(http=api_client)
+    request = PbtCreate.model_validate(TINY_PBT)  # the API's own schema, or a plain dict
+    created = lab.create_pbt(request, idempotency_key="client-pbt")
+    assert len(created.runs) == 4
+    assert lab.create_pbt(request, idempotency_key="client-pbt") == created  # replayed, not a second population
+    progress = io.StringIO()
+    pbt = lab.wait_pbt(created.id, poll=0.2, timeout=120, out=progress)
+    assert pbt.status.value == "succeeded", pbt.error
+    lines = progress.getvalue().splitlines()
+    assert lines == list(dict.fromkeys(lines))  # a line whenever the population moves, never a repeat
+    assert lines[-1].startswith(created.id[:8]) and "4/4 round 2/2 succeeded  1 exploit  best member" in lines[-1]
+
+    got = lab.get_pbt(created.id)
+    assert [m.run_id for m in got.members] == created.runs and all(len(m.points) == 4 for m in got.members)
+    assert [(e.epoch, len(e.new)) for e in got.lineage] == [(2, 1)]
+    assert got.best is not None and got.best.epoch == 4 and len(got.best.schedule) == 4
+
+    schedule = lab.pbt_schedule(created.id)
+    assert isinstance(schedule, DiscoveredSchedule) and schedule.member == got.best.member
+    assert schedule.run.epochs == 4 and schedule.run.optimizer.lr == got.best.schedule[0].values["lr"]
+    assert schedule.schedule.values[-1] == pytest.approx(got.best.schedule[-1].values["lr"])
+
+    listed, cursor = [], None
+    for _ in range(50):  # one population a page
+        page = lab.list_pbts(limit=1, cursor=cursor)
+        listed += page.data
+        if (cursor := page.next_cursor) is None:
+            break
+    assert len({p.id for p in listed}) == len(listed) and all(len(p.members) == 4 for p in listed)
+    assert [p.id for p in listed if p.name == "tiny pbt"] == [created.id]  # the replayed create made none
+
+    svg = lab.pbt_chart(created.id, "val_accuracy", fmt="svg")
+    assert svg.startswith(b"<?xml") and b"<svg" in svg[:400]
+    assert lab.pbt_chart(created.id, "train_loss").startswith(b"\x89PNG")
+    with pytest.raises(ApiError) as err:
+        lab.create_pbt({**TINY_PBT, "interval": 5})
+    assert err.value.status == 422
+    with pytest.raises(ApiError) as err:
+        lab.get_pbt("missing")
+    assert err.value.status == 404
+
+
+def test_python_client_cancels_a_population(api_client: Any, worker: Any) -> None:
+    lab = Client(http=api_client)
+    created = lab.create_pbt({**TINY_PBT, "name": "long pbt", "epochs": 400, "interval": 200})
+    wait_for(lambda: lab.get_pbt(created.id).members[0].points, 60, "the population to train", interval=0.1)
+    cancelled = lab.cancel_pbt(created.id)  # members stop after their current epoch
+    assert cancelled.status.value == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(ApiError) as err:
+        lab.pbt_schedule(created.id)  # no interval ever finished
+    assert err.value.status == 409
+
+    def members_ended() -> Any:
+        pbt = lab.get_pbt(created.id)
+        return pbt if all(m.status.is_finished() for m in pbt.members) else None
+
+    ended = wait_for(members_ended, 60, "the cancelled members to stop", interval=0.2)  # frees the worker too
+    assert ended.status.value == "cancelled"
+    assert {m.status.value for m in ended.members} == {"cancelled"}
+    assert all(len(m.points) < 400 for m in ended.members)
+    assert lab.wait_pbt(created.id, timeout=5, progress=False).status.value == "cancelled"
+
+
+@pytest.fixture
+def cli_api(service_env: dict[str, str], api_key: str) -> Iterator[dict[str, str]]:
+    """`lrlab api` in a subprocess on the test database; yields the environment the CLI runs with."""
+    port = _free_port()
+    env = {**os.environ, **service_env, "LRLAB_URL": f"http://127.0.0.1:{port}", "LRLAB_API_KEY": api_key}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "lrlab.cli", "api", "--port", str(port), "--loglevel", "WARNING"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, "lrlab api", interval=0.3)
+        yield env
+    finally:
+        stop_process(api)
+
+
+def test_cli_pbt_submit_watch_schedule(cli_api: dict[str, str], worker: Any, tmp_path: Any) -> None:
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lrlab.cli", *args],
+            env=cli_api,
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    spec = tmp_path / "pbt.json"
+    spec.write_text(json.dumps({**TINY_PBT, "name": "cli pbt"}))
+    submitted = cli("pbt", "submit", str(spec))
+    assert submitted.returncode == 0 and submitted.stdout.startswith("population "), submitted.stderr
+    pbt_id = submitted.stdout.split()[1].rstrip(":")
+    assert submitted.stdout.strip().endswith("4 members")
+
+    watched = cli("pbt", "watch", pbt_id, "--poll", "0.2")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    pbt = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).get_pbt(pbt_id)
+    assert pbt.best is not None
+    out = watched.stdout
+    assert "4/4 round 2/2 succeeded" in out
+    (event,) = pbt.lineage
+    assert f"after epoch 2: member {event.target} <- member {event.source}  lr " in out
+    assert f"best: member {pbt.best.member} (run {pbt.best.run_id}) val_accuracy {pbt.best.score:.4f}" in out
+    first = pbt.best.schedule[0]
+    assert "  epochs 1-" in out and f"lr {first.values['lr']:.4g}  (as member {first.member})" in out
+
+    printed = cli("pbt", "schedule", pbt_id, "--poll", "0.5")
+    assert printed.returncode == 0, printed.stderr
+    found = DiscoveredSchedule.model_validate_json(printed.stdout)
+    assert found.pbt_id == pbt_id and found.member == pbt.best.member
+    replayed = cli("submit", "-", "--wait", "--poll", "0.2", stdin=printed.stdout)  # the pipe the CLI suggests
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    run = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).run(replayed.stdout.split()[1])
+    assert run.status.value == "succeeded" and run.spec.schedule == found.schedule and run.spec.epochs == 4
+
+    waiting = spec.with_name("gpu.json")  # waits on the gpu queue: no interval ever finishes
+    waiting.write_text(json.dumps({**TINY_PBT, "base": {**TINY_PBT["base"], "device": "cuda"}}))
+    queued_id = cli("pbt", "submit", str(waiting)).stdout.split()[1].rstrip(":")
+    early = cli("pbt", "schedule", queued_id)
+    assert early.returncode == 2 and "409" in early.stderr
+    Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).cancel_pbt(queued_id)
+    bad = cli("pbt", "submit", "-", stdin=json.dumps({**TINY_PBT, "population": 1}))
+    assert bad.returncode == 2 and "population" in bad.stderr
