@@ -66,9 +66,15 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 5
     batch_size: int = 64
-    seed: int = 0
+    seed: int = 0  # the initial weights and the data order; also the split unless split_seed says otherwise
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     patience: int | None = None  # early stopping after this many epochs without a better val_loss
+    split_seed: int | None = None  # the train/validation split and its standardisation; None: `seed`
+
+    @property
+    def data_seed(self) -> int:
+        """The seed load_dataset splits with: runs sharing it are scored on the same validation samples."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -94,6 +100,7 @@ class RunConfig:
             seed=int(spec.get("seed", 0)),
             divergence=DivergenceConfig(**divergence),
             patience=spec.get("patience"),
+            split_seed=spec.get("split_seed"),
         )
 
 

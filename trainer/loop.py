@@ -164,7 +164,7 @@ def train(
     validate_schedule(config.schedule, config.optimizer.lr, config.epochs)
 
     # data: small datasets live on the device whole; a batch is an index slice, no DataLoader
-    data = load_dataset(config.dataset, config.seed, data_root)
+    data = load_dataset(config.dataset, config.data_seed, data_root)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # (N, *input_shape), (N,)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     n_train = len(y_train)

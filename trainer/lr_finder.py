@@ -126,7 +126,7 @@ def lr_range_test(
     device = resolve_device(device) if isinstance(device, str) else device
 
     # data, model and optimizer as train() builds them, so the sweep starts where a run would
-    data = load_dataset(config.dataset, config.seed, data_root)
+    data = load_dataset(config.dataset, config.data_seed, data_root)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # (N, *input_shape), (N,)
     n_train = len(y_train)
     torch.manual_seed(config.seed)

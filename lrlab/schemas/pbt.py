@@ -123,8 +123,9 @@ class PbtCreate(Strict):
         description=(
             "A run spec without `epochs` (set at the top level). Its schedule must be constant: the population"
             " finds the schedule. Members never stop early or on divergence: a diverged member ranks last and is"
-            " replaced. Every member trains with base.seed: the seed picks the train/validation split, and a"
-            " member that copies another's weights must not be scored on data those weights were trained on."
+            " replaced. Member k starts from seed base.seed + k (its initial weights and data order); all of them"
+            " share one train/validation split (base.split_seed, default base.seed), so a member that copies"
+            " another's weights is never scored on samples those weights were trained on."
         ),
     )
     population: int = Field(8, ge=2, le=MAX_POPULATION)
@@ -221,10 +222,11 @@ class PbtCreate(Strict):
         spec = self.base.to_json()
         spec["optimizer"].update(hyperparameters)
         spec["epochs"] = self.epochs
-        # one seed for all: the seed also picks the train/validation split (and its standardisation), and an
-        # exploit hands one member's weights to another; with seed + k those weights had trained on part of
-        # the target's validation set, so the rounds (and `best`) rewarded memorised validation samples
-        spec["seed"] = self.base.seed
+        # its own initial weights and data order, but everyone's split: an exploit hands one member's weights
+        # to another, and with a split of their own those weights had trained on part of the target's
+        # validation set, so the rounds (and `best`) would reward memorised validation samples
+        spec["seed"] = self.base.seed + member
+        spec["split_seed"] = self.base.data_seed
         spec["divergence"] = {**spec["divergence"], "enabled": False}
         return RunSpec.model_validate(spec)
 

@@ -292,6 +292,17 @@ class RunSpec(Strict):
     device: Device = Field("auto", description="auto: a GPU worker when one is live, else CPU.")
     divergence: DivergenceSpec = Field(default_factory=lambda: DivergenceSpec())
     patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Early stopping on val_loss.")
+    # Left out of the stored spec when unset, so earlier specs keep their form.
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        exclude_if=lambda value: value is None,
+        description=(
+            "Seed of the train/validation split (and its standardisation); default `seed`. Runs that must be"
+            " scored on the same validation samples with different initial weights share it."
+        ),
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -311,6 +322,10 @@ class RunSpec(Strict):
                 " the schedule itself would never start"
             )
         return self
+
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_json(self) -> dict[str, Any]:
         """The canonical stored form: every default filled in, plain JSON types."""

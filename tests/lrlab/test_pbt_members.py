@@ -18,7 +18,8 @@ def test_members_share_one_train_validation_split() -> None:
     splits = []
     for k in (0, 3):
         config = RunConfig.from_spec(request.member_spec(k, {"lr": 0.01 * (k + 1)}).to_json())
-        splits.append(load_dataset(config.dataset, config.seed))
+        assert (config.seed, config.data_seed) == (5 + k, 5)  # its own init and data order, everyone's split
+        splits.append(load_dataset(config.dataset, config.data_seed))
     first, other = splits
     assert torch.equal(first.x_val, other.x_val) and torch.equal(first.y_val, other.y_val)
     assert torch.equal(first.x_train, other.x_train)
