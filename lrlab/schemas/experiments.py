@@ -53,8 +53,9 @@ class ExperimentCreate(Strict):
     execution: Literal["auto", "fused", "separate"] = Field(
         "auto",
         description=(
-            "fused: members train stacked as one population (an MLP without dropout; otherwise they fall back to"
-            " separate); separate: one task per run; auto: fused when a GPU worker is live and the model allows."
+            "fused: members train stacked as one population (an MLP without dropout, a cnn or a resnet; otherwise"
+            " they fall back to separate); separate: one task per run; auto: fused when a GPU worker is live and the"
+            " model allows."
         ),
     )
     base: RunSpec = Field(default_factory=RunSpec, description="A run spec; the grid's values replace its fields.")

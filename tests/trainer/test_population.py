@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor, nn
 
 from trainer import loop
 from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
@@ -23,6 +24,7 @@ from trainer.population import (
     train_population,
     why_not_fusable,
 )
+from trainer.population.functional import FunctionalStack, stack_models
 from trainer.population.stack import StackedParameters
 
 SMALL = ModelConfig("mlp", {"hidden": [32, 16]})
@@ -265,7 +267,7 @@ def test_fusable_rules() -> None:
         "trains on": [base, replace(base, dataset=DatasetConfig("spirals"))],
         "member 1 trains on": [base, replace(base, dataset=DatasetConfig(val_fraction=0.3))],
         "has model": [base, replace(base, model=ModelConfig("mlp", {"hidden": [32]}))],
-        "BatchNorm": [replace(base, model=ModelConfig("cnn", {"channels": 4}))],
+        "is not fusable": [replace(base, model=ModelConfig("vit"))],
         "dropout": [replace(base, model=ModelConfig("mlp", {"dropout": 0.1}))],
         "unknown optimizer": [replace(base, optimizer=OptimizerConfig("lion"))],
     }
@@ -379,3 +381,199 @@ def test_exploit_copies_a_members_weights_and_optimizer_state() -> None:
     assert optimizer.member_hyperparameters(2)[0] == pytest.approx(configs[2].optimizer.lr)
     assert [t.shape for t in stacked.split_row(stacked.flat[0])] == [p.shape for p in models[0].parameters()]
     assert torch.equal(stacked.join_row(stacked.split_row(stacked.flat[1])), stacked.flat[1])
+
+
+# cnn and resnet: grouped convolutions, each member's BatchNorm statistics apart (trainer.population.functional)
+CNN = ModelConfig("cnn", {"channels": 4})
+CNN_CASES = {
+    "adam": ("adam", [1e-3, 3e-3, 1e-2], [{}, {"weight_decay": 1e-3}, {"betas": [0.8, 0.99], "eps": 1e-6}]),
+    "sgd-momentum": (
+        "sgd",
+        [0.05, 0.02, 0.1],
+        [{"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.1}, {"momentum": 0.8, "weight_decay": 1e-3}],
+    ),
+}
+
+
+def cnn_members(optimizer: str, lrs: list[float], params: list[dict[str, Any]]) -> list[RunConfig]:
+    """Three 2-epoch cnn members: seeds 3, 7, 7 (two share a split), their own hyperparameters and schedules."""
+    schedules = [ScheduleConfig(), ScheduleConfig("cosine"), ScheduleConfig("cosine", warmup_epochs=1)]
+    return [
+        RunConfig(
+            model=CNN,
+            optimizer=OptimizerConfig(optimizer, lr, p),
+            schedule=schedule,
+            epochs=2,
+            batch_size=100,  # 15 steps an epoch, the last on 38 samples
+            seed=seed,
+        )
+        for lr, p, schedule, seed in zip(lrs, params, schedules, (3, 7, 7), strict=True)
+    ]
+
+
+@pytest.mark.parametrize("case", CNN_CASES.values(), ids=CNN_CASES.keys())
+def test_population_cnn_matches_independent_runs_float64(float64: None, case: tuple[Any, ...]) -> None:
+    configs = cnn_members(*case)
+    assert len(plan_groups(configs)) == 1
+    saved: dict[int, loop.Checkpoint] = {}
+    fused = train_population(
+        configs,
+        dtype=torch.float64,
+        on_checkpoint=lambda k, ckpt: saved.__setitem__(k, ckpt),
+        checkpoint_due=lambda k, epoch: epoch == 2,
+    )
+    for k, config in enumerate(configs):
+        theirs: list[loop.Checkpoint] = []
+        reference = train(config, on_checkpoint=theirs.append, checkpoint_due=lambda epoch: epoch == 2)
+        assert_same_run(fused[k], reference, rel=1e-6)
+        # the member's state_dict, BatchNorm's running statistics included, is the separate model's
+        ours, expected = saved[k].model_state, theirs[0].model_state
+        assert list(ours) == list(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(ours[name], value, rtol=1e-6, atol=1e-9, msg=name)
+        assert ours["2.num_batches_tracked"].item() == 30
+        assert not torch.equal(ours["2.running_mean"], torch.zeros(4, dtype=torch.float64))
+    assert len({fused[k].points[-1].val_loss for k in range(3)}) == 3
+
+
+def test_population_cnn_resumes_batchnorm_statistics_from_checkpoints_float64(float64: None) -> None:
+    """A checkpoint after epoch 1 of 2 carries the running statistics: resumed fused or alone, the same runs."""
+    configs = cnn_members(*CNN_CASES["adam"])
+    whole = train_population(configs, dtype=torch.float64)
+    saved: dict[int, loop.Checkpoint] = {}
+    train_population(
+        configs,
+        dtype=torch.float64,
+        on_checkpoint=lambda k, ckpt: saved.__setitem__(k, ckpt),
+        checkpoint_due=lambda k, epoch: epoch == 1,
+        should_stop=lambda k: k in saved,
+    )
+    starts = [loop.checkpoint_from_bytes(loop.checkpoint_to_bytes(saved[k])) for k in range(3)]
+    assert starts[0].model_state["2.num_batches_tracked"].item() == 15
+    resumed = train_population(configs, dtype=torch.float64, starts=starts)
+    alone = [train(c, start=s) for c, s in zip(configs, starts, strict=True)]
+    for k in range(3):
+        assert_same_run(resumed[k], _as_train_result(whole[k]), rel=1e-9)
+        assert_same_run(whole[k], alone[k], rel=1e-6)
+
+
+def test_population_resnet_float32_matches_separate_runs() -> None:
+    model = ModelConfig("resnet", {"width": 4, "blocks": 1})
+    configs = [
+        RunConfig(model=model, optimizer=OptimizerConfig("adam", lr), epochs=2, batch_size=128, seed=seed)
+        for seed, lr in [(0, 3e-3), (1, 1e-2)]
+    ]
+    fused = train_population(configs)
+    for result, config in zip(fused, configs, strict=True):
+        assert_same_run(result, train(config), rel=1e-3)
+
+
+def test_population_cnn_diverged_member_keeps_its_batchnorm_statistics_float64(float64: None) -> None:
+    """A member frozen at step 1 of 15 (finite weights: factor < 1 flags the first loss) sees 14 more batches
+    in the stacked forward: its running statistics must not learn from them, or its val_loss would differ."""
+    base = RunConfig(model=CNN, optimizer=OptimizerConfig("sgd", 0.5, {"momentum": 0.9}), epochs=2, batch_size=100)
+    configs = [
+        replace(base, seed=1, divergence=DivergenceConfig(factor=0.5)),
+        replace(base, optimizer=OptimizerConfig("sgd", 0.05, {"momentum": 0.9}), seed=2),
+    ]
+    fused = train_population(configs, dtype=torch.float64)
+    assert [r.status for r in fused] == ["diverged", "succeeded"]
+    assert fused[0].reason is not None and fused[0].reason.startswith("smoothed loss"), fused[0].reason
+    assert math.isfinite(fused[0].points[0].val_loss)
+    for result, config in zip(fused, configs, strict=True):
+        assert_same_run(result, train(config), rel=1e-6)
+
+
+def _members_of(model: ModelConfig, input_shape: tuple[int, ...], k: int = 3) -> list[nn.Module]:
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model(model, input_shape, 10))
+    return models
+
+
+def _assert_same_as_models(stacked: FunctionalStack, models: list[nn.Module], x: Tensor) -> None:
+    """Two training forwards (BatchNorm learns from both), an eval forward and the gradient, against each model."""
+    for train_mode in (True, True, False):
+        logits = stacked.forward(x, train=train_mode)  # (K, B, C)
+        for row, model in enumerate(models):
+            model.train(train_mode)
+            torch.testing.assert_close(logits[row], model(x[row]))
+    grad = stacked.grad(stacked.forward(x).square().sum())  # (K, P)
+    for row, model in enumerate(models):
+        model.train()
+        model.zero_grad()
+        model(x[row]).square().sum().backward()
+        torch.testing.assert_close(grad[row], torch.cat([p.grad.flatten() for p in model.parameters()]))
+        state = stacked.member_state(row)
+        assert list(state) == list(model.state_dict())
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(state[name], value, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("model", "input_shape"),
+    [
+        (CNN, (1, 8, 8)),
+        (ModelConfig("cnn", {"channels": 3, "depth": 3}), (8,)),  # Conv1d over a flat input
+        (ModelConfig("resnet", {"width": 4, "blocks": 2}), (1, 40)),
+    ],
+    ids=["cnn-2d", "cnn-1d-flat", "resnet-1d"],
+)
+def test_functional_stack_runs_each_member_as_its_model(model: ModelConfig, input_shape: tuple[int, ...]) -> None:
+    models = _members_of(model, input_shape)
+    stacked = stack_models(models, torch.device("cpu"))
+    assert isinstance(stacked, FunctionalStack) and stacked.grouped
+    assert stacked.flat.shape == (3, sum(p.numel() for p in models[0].parameters()))
+    _assert_same_as_models(stacked, models, torch.randn(3, 5, *input_shape))
+
+
+def test_functional_stack_falls_back_to_vmap_for_other_layers() -> None:
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.GELU(), nn.Linear(16, 10)))
+    stacked = stack_models(models, torch.device("cpu"))
+    assert isinstance(stacked, FunctionalStack) and not stacked.grouped
+    _assert_same_as_models(stacked, models, torch.randn(3, 5, 1, 8, 8))
+
+
+def test_stack_models_keeps_batched_matmul_for_mlps() -> None:
+    assert isinstance(stack_models(_members_of(SMALL, (1, 8, 8)), torch.device("cpu")), StackedParameters)
+
+
+def test_functional_stack_copies_keeps_and_freezes_buffers() -> None:
+    stacked = stack_models(_members_of(CNN, (1, 8, 8)), torch.device("cpu"))
+    assert isinstance(stacked, FunctionalStack)
+    x = torch.randn(3, 16, 1, 8, 8)
+    stacked.forward(x)
+    before = [stacked.member_state(row) for row in range(3)]
+    stacked.forward(x, rows=torch.tensor([0, 2]))  # member 1 frozen: its buffers stay
+    assert all(torch.equal(v, before[1][k]) for k, v in stacked.member_state(1).items())
+    assert not torch.equal(stacked.member_state(0)["2.running_mean"], before[0]["2.running_mean"])
+    assert stacked.member_state(0)["2.num_batches_tracked"].item() == 2
+
+    stacked.copy_row(1, 2)
+    two = stacked.member_state(2)
+    assert all(torch.equal(v, two[k]) for k, v in stacked.member_state(1).items())
+    assert not torch.equal(stacked.member_state(0)["2.running_var"], two["2.running_var"])
+
+    stacked.keep(torch.tensor([2, 0]))
+    assert stacked.flat.shape[0] == 2
+    assert all(torch.equal(v, two[k]) for k, v in stacked.member_state(0).items())
+    logits = stacked.forward(x[:2], train=False)  # the views and buffers bound after keep are the kept ones
+    assert logits.shape == (2, 16, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", [SMALL, CNN], ids=["mlp", "cnn"])
+def test_population_on_cuda_matches_separate_cuda_runs(monkeypatch: pytest.MonkeyPatch, model: ModelConfig) -> None:
+    # TF32 convolutions would round the grouped and the separate convs differently; compare in full float32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    configs = [
+        RunConfig(model=model, optimizer=OptimizerConfig("adam", lr), epochs=2, batch_size=100, seed=seed)
+        for seed, lr in enumerate([1e-3, 3e-3, 1e-2, 3e-3])
+    ]
+    fused = train_population(configs, device="cuda")
+    for result, config in zip(fused, configs, strict=True):
+        assert_same_run(result, train(config, device="cuda"), rel=1e-3)

@@ -1,8 +1,8 @@
 """The fused population engine: K runs of one model and dataset trained in lockstep as stacked tensors."""
 
-# This first version fuses MLPs without dropout only: fusable() is False for cnn and resnet (BatchNorm's
-# running statistics are not stacked yet) and for dropout (each run's masks come from its own global
-# random stream). Those runs train through trainer.train one by one.
+# MLPs stack as batched matmuls (stack.py), cnn and resnet as grouped convolutions with each member's
+# BatchNorm statistics apart (functional.py). fusable() is False for dropout (each run's masks come from
+# its own global random stream): those runs train through trainer.train one by one.
 from trainer.population.engine import MemberResult, train_population
 from trainer.population.optim import StackedOptimizer
 from trainer.population.plan import fusable, plan_groups, why_not_fusable

@@ -20,9 +20,9 @@ from trainer.data import Dataset, load_dataset
 from trainer.loop import Checkpoint, DivergenceTracker, EpochPoint, resolve_device
 from trainer.models import build_model, count_parameters
 from trainer.optim import build_optimizer
+from trainer.population.functional import stack_models
 from trainer.population.optim import StackedOptimizer
 from trainer.population.plan import plan_groups, why_not_fusable
-from trainer.population.stack import StackedParameters
 from trainer.schedules import lr_at, validate_schedule
 
 logger = logging.getLogger(__name__)
@@ -147,14 +147,14 @@ class _GroupRun:
 
         # data: one split per distinct seed (the split and its standardisation depend on the seed);
         # members index their own seed's slot in the flattened (S * N, ...) tensors
-        seeds = sorted({m.config.seed for m in members})
+        seeds = sorted({m.config.data_seed for m in members})
         splits: list[Dataset] = [load_dataset(first.dataset, seed, data_root) for seed in seeds]
         self.n_train, self.n_val = len(splits[0].y_train), len(splits[0].y_val)
         self.x_train = torch.cat([d.x_train for d in splits]).to(device, dtype)  # (S * N, *input_shape)
         self.y_train = torch.cat([d.y_train for d in splits]).to(device)  # (S * N,)
         self.x_val = torch.cat([d.x_val for d in splits]).to(device, dtype)  # (S * N_val, *input_shape)
         self.y_val = torch.cat([d.y_val for d in splits]).to(device)  # (S * N_val,)
-        self.slot = torch.tensor([seeds.index(m.config.seed) for m in members], device=device)  # (K,)
+        self.slot = torch.tensor([seeds.index(m.config.data_seed) for m in members], device=device)  # (K,)
 
         # models: member k's initial weights are what trainer.train builds after manual_seed(seed_k)
         models = []
@@ -166,7 +166,7 @@ class _GroupRun:
                     model.load_state_dict(m.start.model_state)
                 models.append(model)
         self.n_parameters = count_parameters(models[0])
-        self.params = StackedParameters(models, device)  # flat (K, P)
+        self.params = stack_models(models, device)  # flat (K, P); BatchNorm buffers stacked beside it
         self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in members])
         # each member's hyperparameters as its own trainer.optim optimizer has them (flags included)
         self.flags = [build_optimizer([torch.zeros(1)], m.config.optimizer).hyperparameters() for m in members]
@@ -308,7 +308,7 @@ class _GroupRun:
         for i in range(0, n, self.batch_size):
             idx = perms[:, i : i + self.batch_size]  # (K, B)
             xb, yb = self.x_train[idx], self.y_train[idx]  # (K, B, *input_shape), (K, B)
-            logits = self.params.forward(xb)  # (K, B, C)
+            logits = self.params.forward(xb, rows=rows)  # (K, B, C); a frozen member's BatchNorm buffers stay
             b = idx.shape[1]
             losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(k, b).mean(1)  # (K,)
             loss_sums += torch.where(live_mask, losses.detach().double() * b, 0.0)
@@ -342,7 +342,7 @@ class _GroupRun:
         for i in range(0, n, EVAL_BATCH):
             idx = base + torch.arange(i, min(i + EVAL_BATCH, n), device=self.device)  # (K, B)
             xb, yb = self.x_val[idx], self.y_val[idx]
-            logits = self.params.forward(xb)  # (K, B, C)
+            logits = self.params.forward(xb, train=False)  # (K, B, C), BatchNorm on its running statistics
             losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             loss_sums += losses.sum(1).double()
             correct += (logits.argmax(dim=2) == yb).sum(1)

@@ -212,7 +212,7 @@ class StackedOptimizer:
 
     def member_hyperparameters(self, row: int) -> tuple[float, dict[str, Any]]:
         """(lr, the other numeric hyperparameters) of one member, as trainer.optim's state_dict names them."""
-        values = {name: float(h[row, 0]) for name, h in self.hyper.items()}
+        values: dict[str, Any] = {name: float(h[row, 0]) for name, h in self.hyper.items()}
         lr = values.pop("lr")
         if "beta1" in values:
             values["betas"] = (values.pop("beta1"), values.pop("beta2"))

@@ -8,10 +8,9 @@ from typing import Any
 from trainer.config import OptimizerConfig, RunConfig
 from trainer.optim import OPTIMIZER_DEFAULTS
 
-# Models whose members the fused path can stack. cnn and resnet carry BatchNorm, whose running
-# statistics are buffers updated in place during the forward: this first version does not stack them,
-# so those runs go through trainer.train one by one.
-FUSABLE_MODELS = frozenset({"mlp"})
+# Models whose members the fused path can stack: MLPs by batched matmul (stack.py); cnn and resnet by
+# grouped convolutions, their BatchNorm running statistics stacked per member (functional.py).
+FUSABLE_MODELS = frozenset({"mlp", "cnn", "resnet"})
 
 
 def resolved_hyperparameters(cfg: OptimizerConfig) -> dict[str, Any]:
@@ -51,10 +50,7 @@ def why_not_fusable(configs: Sequence[RunConfig]) -> str | None:
         if config.model != first.model:
             return f"member {i} has model {config.model}, member 0 {first.model}"
     if first.model.name not in FUSABLE_MODELS:
-        return (
-            f"model {first.model.name!r} is not fusable: its BatchNorm running statistics are not stacked yet"
-            f" (fusable models: {sorted(FUSABLE_MODELS)})"
-        )
+        return f"model {first.model.name!r} is not fusable (fusable models: {sorted(FUSABLE_MODELS)})"
     if first.model.params.get("dropout", 0.0):
         # the reference draws each run's dropout masks from the global generator after its own
         # torch.manual_seed(seed); one stacked forward cannot replay K such streams
@@ -66,7 +62,8 @@ def why_not_fusable(configs: Sequence[RunConfig]) -> str | None:
 
 
 def fusable(configs: Sequence[RunConfig]) -> bool:
-    """Same dataset (name or path, image_size, val_fraction) and the same fusable model spec.
+    """Same dataset (name or path, image_size, val_fraction) and the same fusable model spec (an MLP
+    without dropout, a cnn or a resnet).
 
     Different optimizers, hyperparameters, schedules, seeds, batch sizes, epochs, patience and
     divergence settings are all allowed: plan_groups puts members that cannot step together into

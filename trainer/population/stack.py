@@ -57,8 +57,12 @@ class StackedParameters:
         grads = torch.autograd.grad(loss, list(self.views.values()))
         return torch.cat([g.flatten(1) for g in grads], dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (K, B, C) of each member k on its own batch x[k]: x is (K, B, *input_shape)."""
+    def forward(self, x: Tensor, train: bool = True, rows: Tensor | None = None) -> Tensor:
+        """Logits (K, B, C) of each member k on its own batch x[k]: x is (K, B, *input_shape).
+
+        train and rows are FunctionalStack's (BatchNorm's mode, the members whose buffers may change):
+        an MLP without dropout has no mode and no buffers, so it ignores them.
+        """
         h = x
         for kind, weight, bias in self.layers:
             if kind == "flatten":
