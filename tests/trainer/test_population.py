@@ -13,13 +13,14 @@ from torch import Tensor, nn
 
 from trainer import loop
 from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
-from trainer.data import Dataset
+from trainer.data import Dataset, load_dataset
 from trainer.loop import EpochPoint, TrainResult, train
 from trainer.models import build_model
 from trainer.population import (
     MemberResult,
     StackedOptimizer,
     fusable,
+    memory,
     plan_groups,
     train_population,
     why_not_fusable,
@@ -577,3 +578,18 @@ def test_population_on_cuda_matches_separate_cuda_runs(monkeypatch: pytest.Monke
     fused = train_population(configs, device="cuda")
     for result, config in zip(fused, configs, strict=True):
         assert_same_run(result, train(config, device="cuda"), rel=1e-3)
+
+
+def test_population_over_its_memory_budget_trains_in_chunks_with_the_same_results() -> None:
+    configs = OPTIMIZER_CASES["adam-amsgrad"]
+    whole = train_population(configs, memory_budget=None)
+    first = configs[0]
+    data = load_dataset(first.dataset, first.data_seed)
+    model = build_model(first.model, data.input_shape, data.n_classes)
+    one_member = memory.member_bytes(first, model, data.input_shape, torch.float32)
+    assert 1_000 < one_member < 50 * 2**20  # an estimate of the right order for a small MLP
+    assert memory.split([0, 1, 2], one_member, budget=one_member * 2) == [[0, 1], [2]]
+    chunked = train_population(configs, memory_budget=1)  # one member per group
+    for ours, theirs in zip(chunked, whole, strict=True):
+        assert_same_run(ours, _as_train_result(theirs), rel=1e-5)
+    assert memory.budget_bytes(torch.device("cpu")) is not None

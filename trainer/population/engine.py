@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from trainer.data import Dataset, load_dataset
 from trainer.loop import Checkpoint, DivergenceTracker, EpochPoint, resolve_device
 from trainer.models import build_model, count_parameters
 from trainer.optim import build_optimizer
+from trainer.population import memory
 from trainer.population.functional import stack_models
 from trainer.population.optim import StackedOptimizer
 from trainer.population.plan import plan_groups, why_not_fusable
@@ -77,6 +79,7 @@ def train_population(
     starts: Sequence[Checkpoint | None] | None = None,
     on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
     checkpoint_due: Callable[[int, int], bool] | None = None,
+    memory_budget: int | None | Literal["auto"] = "auto",
 ) -> list[MemberResult]:
     """Train every config as a member of one population; result k is what trainer.train(configs[k]) returns.
 
@@ -89,6 +92,10 @@ def train_population(
     and on_checkpoint(k, checkpoint) receives one wherever checkpoint_due(k, epoch) says so, at the same
     point of the epoch as trainer.train builds its own; trainer.train can resume from it, and so can this
     engine. Members resuming from different epochs train in different groups.
+
+    memory_budget (bytes) bounds a group: members are estimated (trainer.population.memory) and a group
+    that would not fit is trained in chunks, one after another. "auto": a share of the device's free
+    memory (the GPU's, or the machine's for a CPU); None: no bound.
     """
     reason = why_not_fusable(configs)
     if reason is not None:
@@ -113,11 +120,44 @@ def train_population(
         for i in planned:
             start = starts[i]
             by_epoch.setdefault(start.epoch if start is not None else 0, []).append(i)
-        for group in by_epoch.values():
-            members = [_member(i, configs[i], starts[i]) for i in group]
-            run = _GroupRun(members, device, data_root, dtype)
-            results.update(run.run(on_epoch, should_stop, on_checkpoint, checkpoint_due))
+        for together in by_epoch.values():
+            for group in _fit(together, configs, device, data_root, dtype, memory_budget):
+                members = [_member(i, configs[i], starts[i]) for i in group]
+                run = _GroupRun(members, device, data_root, dtype)
+                results.update(run.run(on_epoch, should_stop, on_checkpoint, checkpoint_due))
     return [results[i] for i in range(len(configs))]
+
+
+def _fit(
+    group: list[int],
+    configs: Sequence[RunConfig],
+    device: torch.device,
+    data_root: Path | None,
+    dtype: torch.dtype,
+    budget: int | None | Literal["auto"],
+) -> list[list[int]]:
+    """The group in chunks whose members' estimated memory fits the budget together."""
+    if budget == "auto":
+        budget = memory.budget_bytes(device)
+    if budget is None or len(group) < 2:
+        return [group]
+    first = configs[group[0]]
+    data = load_dataset(first.dataset, first.data_seed, data_root)
+    with _default_dtype(dtype):
+        model = build_model(first.model, data.input_shape, data.n_classes)
+    samples = (len(data.y_train) + len(data.y_val)) * int(torch.Size(data.input_shape).numel())
+    per_member = max(memory.member_bytes(configs[i], model, data.input_shape, dtype) for i in group)
+    per_member += samples * torch.empty((), dtype=dtype).element_size()  # at worst a split of its own
+    chunks = memory.split(group, per_member, budget)
+    if len(chunks) > 1:
+        logger.info(
+            "population of %d members in %d groups: ~%.1f MiB each, budget %.1f MiB",
+            len(group),
+            len(chunks),
+            per_member / 2**20,
+            budget / 2**20,
+        )
+    return chunks
 
 
 def _member(index: int, config: RunConfig, start: Checkpoint | None) -> _Member:
