@@ -11,7 +11,12 @@ from tests.e2e.test_experiments import wait_experiment
 
 pytestmark = pytest.mark.service
 
-GRID = {"lr": [1e-3, 3e-3], "seed": [0, 1], "optimizer": [{"name": "adam"}, {"name": "sgd", "momentum": 0.9}]}
+# 16 members, lr up to 3e-3 (the well-conditioned range on digits); four optimizer groups in one pack
+GRID = {
+    "lr": [1e-3, 3e-3],
+    "seed": [0, 1],
+    "optimizer": [{"name": "adam"}, {"name": "sgd", "momentum": 0.9}, {"name": "rmsprop"}, {"name": "adamw"}],
+}
 
 
 def _curves(client: Any, experiment_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -28,7 +33,7 @@ def test_fused_grid_matches_separate_runs(api_client: Any, worker: Any) -> None:
     assert fused.status_code == separate.status_code == 202
     f_exp, s_exp = (wait_experiment(api_client, r.json()["id"]) for r in (fused, separate))
     assert f_exp["execution"] == "fused" and s_exp["execution"] == "separate"
-    assert f_exp["counts"] == {"succeeded": 8}
+    assert f_exp["counts"] == {"succeeded": 16}
     f_runs = [api_client.get(f"/v1/runs/{r['id']}").json() for r in f_exp["runs"]]
     assert len({r["pack_id"] for r in f_runs}) == 1 and f_runs[0]["pack_id"] is not None
     assert all(api_client.get(f"/v1/runs/{r['id']}").json()["pack_id"] is None for r in s_exp["runs"])
@@ -44,8 +49,8 @@ def test_fused_grid_matches_separate_runs(api_client: Any, worker: Any) -> None:
 
 def test_fused_request_that_cannot_fuse_runs_separately(api_client: Any, worker: Any) -> None:
     body = {
-        "name": "cnn",
-        "base": {"model": "cnn", "dataset": "digits", "epochs": 1},
+        "name": "dropout",  # each run's masks come from its own global random stream: not fusable
+        "base": {"model": {"name": "mlp", "dropout": 0.2}, "dataset": "digits", "epochs": 1},
         "grid": {"seed": [0, 1]},
         "execution": "fused",
     }
@@ -71,3 +76,22 @@ def test_cancel_one_member_stops_only_it(api_client: Any, worker: Any) -> None:
         if run_id != victim:
             run = wait_run(api_client, run_id, timeout=120)
             assert run["status"] == "succeeded" and run["summary"]["epochs_completed"] == 500
+
+
+def test_fused_cnn_grid_trains_as_one_pack(api_client: Any, worker: Any) -> None:
+    body = {
+        "name": "cnn",
+        "base": {
+            "model": {"name": "cnn", "channels": 8, "depth": 1},
+            "dataset": "digits",
+            "epochs": 2,
+            "device": "cpu",
+        },
+        "grid": {"seed": [0, 1], "lr": [1e-3, 3e-3]},
+        "execution": "fused",
+    }
+    exp = wait_experiment(api_client, api_client.post("/v1/experiments", json=body).json()["id"])
+    assert exp["execution"] == "fused" and exp["counts"] == {"succeeded": 4}
+    runs = [api_client.get(f"/v1/runs/{r['id']}").json() for r in exp["runs"]]
+    assert len({r["pack_id"] for r in runs}) == 1 and runs[0]["pack_id"] is not None
+    assert all(r["summary"]["epochs_completed"] == 2 for r in runs)
