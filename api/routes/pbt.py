@@ -64,11 +64,12 @@ def list_pbts(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> PbtsPublic:
+    """Newest first. Members come without their points: GET one population for its curves."""
     try:
         rows, next_cursor = store.page(session, select(Pbt).where(Pbt.owner == owner), Pbt, limit=limit, cursor=cursor)
     except ValueError as exc:
         raise ApiError(422, ["query", "cursor"], str(exc)) from exc
-    return PbtsPublic(data=[rounds.to_public(session, p) for p in rows], next_cursor=next_cursor)
+    return PbtsPublic(data=[rounds.to_public(session, p, curves=False) for p in rows], next_cursor=next_cursor)
 
 
 @router.get("/{pbt_id}", response_model=PbtPublic)

@@ -311,7 +311,8 @@ def best(session: Session, pbt: Pbt, rows: Sequence[tuple[PbtMember, Run]]) -> P
     )
 
 
-def to_public(session: Session, pbt: Pbt) -> PbtPublic:
+def to_public(session: Session, pbt: Pbt, *, curves: bool = True) -> PbtPublic:
+    """The population; without `curves` its members come without points (a list of many stays light)."""
     rows = members(session, pbt.id)
     events = session.scalars(
         select(PbtEvent).where(PbtEvent.pbt_id == pbt.id).order_by(PbtEvent.epoch, PbtEvent.target)
@@ -319,7 +320,7 @@ def to_public(session: Session, pbt: Pbt) -> PbtPublic:
     all_histories = histories(rows)
     public = []
     for (m, run), history in zip(rows, all_histories, strict=True):
-        points = store.points(session, run.id)
+        points = store.points(session, run.id) if curves else []
         by_epoch = search.in_force(history, len(points))
         public.append(
             PbtMemberPublic(
@@ -372,9 +373,12 @@ def discovered_schedule(session: Session, pbt: Pbt) -> DiscoveredSchedule | None
     spec["optimizer"].update({k: v for k, v in values[0].items() if k != "lr"})
     spec["optimizer"]["lr"] = lrs[0]
     # the seed of the member whose initial weights the best ones descend from (its first epoch's), not the
-    # best member's own: the replay then starts from the same weights and data order as that lineage did
-    seed = request.member_spec(found.schedule[0].member, {}).seed
-    spec.update(epochs=len(lrs), seed=seed, schedule=piecewise.model_dump(mode="json"))
+    # best member's own: the replay then starts from the same weights and data order as that lineage did,
+    # and on the population's split (its own seed would split the data differently)
+    root = request.member_spec(found.schedule[0].member, {})
+    spec.update(
+        epochs=len(lrs), seed=root.seed, split_seed=root.data_seed, schedule=piecewise.model_dump(mode="json")
+    )
     others = {
         name: [v.get(name) for v in values]
         for name in request.mutations

@@ -247,7 +247,7 @@ class PbtMemberPublic(BaseModel):
     status: RunStatus
     seed: int
     hyperparameters: dict[str, Any] = Field(description="In force now (or at the end).")
-    points: list[CurvePoint] = Field(default_factory=list)
+    points: list[CurvePoint] = Field(default_factory=list, description="Empty in GET /v1/pbt (the list).")
     hyperparameters_by_epoch: list[Hyperparameters] = Field(
         default_factory=list, description="The member's own hyperparameters in force in each epoch it trained."
     )

@@ -119,6 +119,9 @@ def test_fused_population_rounds_lineage_schedule_and_replay(api_client: Any, wo
     assert chart.text.count('id="exploit-') == len({e["target"] for e in body["lineage"]})
     listed = api_client.get("/v1/pbt").json()["data"]
     assert {body["id"], again["id"]} <= {p["id"] for p in listed}
+    mine = next(p for p in listed if p["id"] == body["id"])
+    assert mine["best"] == body["best"] and mine["lineage"] == body["lineage"]
+    assert all(m["points"] == [] and m["hyperparameters_by_epoch"] == [] for m in mine["members"])  # light
 
 
 def replay_epoch_after_exploit(pbt_id: str, event: dict[str, Any], threads: int = 1) -> dict[str, float]:
