@@ -13,6 +13,8 @@ from api.deps import IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
 from lrlab import analysis, leases, queue, store
+from lrlab.models import Pbt
+from lrlab.pbt import rounds
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -99,9 +101,15 @@ def get_curves(
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
 def cancel_run(run: RunDep, session: SessionDep) -> RunPublic:
-    """A queued run is cancelled at once; a running one stops at the end of its current epoch."""
+    """A queued run is cancelled at once; a running one stops at the end of its current epoch. A member of a
+    population based training cannot go on alone: the whole population is cancelled (POST /v1/pbt/{id}/cancel)."""
     if RunStatus(run.status).is_finished():
         raise ApiError(409, ["path", "run_id"], f"run is already {run.status}", "conflict")
-    store.request_cancel(session, run)
+    pbt = session.get(Pbt, run.pbt_id) if run.pbt_id is not None else None
+    if pbt is not None:
+        rounds.cancel(session, pbt)
+    else:
+        store.request_cancel(session, run)
     session.commit()
+    session.refresh(run)
     return store.to_public(run)

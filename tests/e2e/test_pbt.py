@@ -223,3 +223,17 @@ def test_distributed_population_across_two_workers_survives_one_dying(
         stored = members[event["target"]]["points"][event["epoch"]]
         for key, value in got.items():
             assert stored[key] == pytest.approx(value, rel=1e-6), (event, key)
+
+
+def test_cancelling_one_member_cancels_its_population(api_client: Any, worker: Any) -> None:
+    request = {**REQUEST, "execution": "fused", "epochs": 400, "interval": 200, "base": {**REQUEST["base"]}}
+    created = api_client.post("/v1/pbt", json=request).json()
+    victim = created["runs"][2]
+    wait_run(api_client, victim, until=lambda _: len(api_client.get(f"/v1/runs/{victim}/curves").json()["points"]) > 1)
+    cancelled = api_client.post(f"/v1/runs/{victim}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    body = wait_pbt(api_client, created["id"], timeout=60)
+    assert body["status"] == "cancelled"
+    for run_id in created["runs"]:
+        run = wait_run(api_client, run_id, timeout=60)
+        assert run["status"] == "cancelled" and run["summary"]["epochs_completed"] < 400
