@@ -3,13 +3,17 @@
   lrlab up &                                            # or any lrlab API (--url, --key)
   python examples/pbt_vs_grid.py --dataset mnist1d --population 8 --epochs 20 --seeds 0,1,2 --out docs/img
 
-For each seed, three things train on the same dataset, model, optimizer, batch size and seed:
+For each seed s, three things train on the same dataset, model, optimizer and batch size, all scored on one
+train/validation split (split_seed s):
   1. a population of P members for E epochs, its lr drawn log-uniformly from [low, high] and explored every
      `interval` epochs (the bottom quarter copies the top quarter's weights, then perturbs or resamples);
-  2. a grid of P learning rates log-spaced over [low, high], E epochs each: the same P x E sample-epochs,
-     trained fused like the population;
+     member k trains with seed s + k (its own initial weights and data order);
+  2. a grid of P learning rates log-spaced over [low, high], E epochs each: the same P x E sample-epochs, cell k
+     with seed s + k like member k, so both methods pick their best among P models with P different initial
+     weights and data orders, and cell k starts exactly where member k does. An experiment's grid is a cartesian
+     product and cannot pair lr k with seed k, so the cells are P plain runs (one task each), not a fused pack;
   3. the lr schedule the population discovered (GET /v1/pbt/{id}/schedule), replayed from scratch as one
-     plain run of E epochs.
+     plain run of E epochs, from the seed of the lineage's first member, on the same split.
 It prints a table per seed and the mean over seeds, and saves the population's chart. `--json` writes the raw
 numbers. Accuracies are validation accuracies: "final" at the last epoch, "best" the highest at any epoch.
 """
@@ -57,7 +61,7 @@ def seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 def run_pbt(lab: Client, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     request = {
-        "name": f"pbt {args.dataset} seed {seed}",
+        "name": f"pbt {args.dataset} {args.optimizer} seed {seed}",
         "base": base_spec(args, seed),
         "population": args.population,
         "epochs": args.epochs,
@@ -70,6 +74,8 @@ def run_pbt(lab: Client, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if pbt.status.value != "succeeded" or pbt.best is None:
         sys.exit(f"population {pbt.id} ended {pbt.status.value}: {pbt.error}")
     found = lab.pbt_schedule(pbt.id)
+    if found.run.data_seed != seed:
+        sys.exit(f"population {pbt.id}: its replay would split the data with seed {found.run.data_seed}, not {seed}")
     accuracies = [p.val_accuracy for m in pbt.members for p in m.points if p.val_accuracy is not None]
     return {
         "id": pbt.id,
@@ -86,27 +92,29 @@ def run_pbt(lab: Client, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     }
 
 
+def grid_cell(args: argparse.Namespace, seed: int, k: int, lr: float) -> dict[str, Any]:
+    """Cell k: as PBT's member k (seed + k, the population's split), at the k-th lr of the grid."""
+    spec = {**base_spec(args, seed + k), "split_seed": seed, "epochs": args.epochs}
+    spec["optimizer"] = {**spec["optimizer"], "lr": lr}
+    return spec
+
+
 def run_grid(lab: Client, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     lrs = log_spaced(args.low, args.high, args.population)
-    body = {
-        "name": f"grid {args.dataset} seed {seed}",
-        "execution": "fused",
-        "base": {**base_spec(args, seed), "epochs": args.epochs},
-        "grid": {"lr": lrs},
-    }
-    created = lab.submit_experiment(body)
-    runs = lab.wait(created.runs, poll=args.poll, progress=False)
+    ids = [lab.submit_run(grid_cell(args, seed, k, lr)).id for k, lr in enumerate(lrs)]
+    runs = lab.wait(ids, poll=args.poll, progress=False)
     done = [r for r in runs if r.summary is not None]
     if len(done) != len(runs):
-        sys.exit(f"grid {created.id}: a run ended without a summary")
+        sys.exit(f"grid of seed {seed}: a run ended without a summary")
     best = max(done, key=lambda r: r.summary.final_val_accuracy or 0.0)  # type: ignore[union-attr]
     starts = [r.started_at for r in runs if r.started_at]
     ends = [r.finished_at for r in runs if r.finished_at]
     return {
-        "id": created.id,
+        "runs": ids,
         "lrs": lrs,
         "final": best.summary.final_val_accuracy,  # type: ignore[union-attr]
         "final_lr": best.spec.optimizer.lr,
+        "final_seed": best.spec.seed,
         "best": max(r.summary.best_val_accuracy or 0.0 for r in done),  # type: ignore[union-attr]
         "by_lr": {r.spec.optimizer.lr: r.summary.final_val_accuracy for r in done},  # type: ignore[union-attr]
         "seconds": seconds(min(starts), max(ends)) if starts and ends else None,
@@ -148,7 +156,8 @@ def table(seed: int, pbt: dict[str, Any], grid: dict[str, Any], again: dict[str,
             "",
             "| method | final val acc | best val acc | wall seconds |",
             "|---|---|---|---|",
-            f"| grid, best of {len(grid['lrs'])} lrs (lr={grid['final_lr']:g}) | {fmt(grid['final'])} |"
+            f"| grid, best of {len(grid['lrs'])} lrs (lr={grid['final_lr']:g}, seed {grid['final_seed']}) |"
+            f" {fmt(grid['final'])} |"
             f" {fmt(grid['best'])} | {fmt(grid['seconds'], '.1f')} |",
             f"| PBT, best member ({pbt['exploits']} exploits) | {fmt(pbt['final'])} | {fmt(pbt['best'])} |"
             f" {fmt(pbt['seconds'], '.1f')} |",
@@ -215,7 +224,7 @@ def main() -> None:
         results.append({"seed": seed, "pbt": pbt, "grid": grid, "replay": again})
         print()
         print(table(seed, pbt, grid, again))
-        chart = args.out / f"pbt-{args.dataset}-seed{seed}-val_accuracy.png"
+        chart = args.out / f"pbt-{args.dataset}-{args.optimizer}-seed{seed}-val_accuracy.png"
         chart.write_bytes(lab.pbt_chart(pbt["id"], "val_accuracy", fmt="png"))
         print(f"saved {chart} ({time.monotonic() - started:.0f} s for this seed)", flush=True)
     print()

@@ -376,9 +376,7 @@ def discovered_schedule(session: Session, pbt: Pbt) -> DiscoveredSchedule | None
     # best member's own: the replay then starts from the same weights and data order as that lineage did,
     # and on the population's split (its own seed would split the data differently)
     root = request.member_spec(found.schedule[0].member, {})
-    spec.update(
-        epochs=len(lrs), seed=root.seed, split_seed=root.data_seed, schedule=piecewise.model_dump(mode="json")
-    )
+    spec.update(epochs=len(lrs), seed=root.seed, split_seed=root.data_seed, schedule=piecewise.model_dump(mode="json"))
     others = {
         name: [v.get(name) for v in values]
         for name in request.mutations

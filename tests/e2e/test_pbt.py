@@ -19,7 +19,7 @@ from lrlab.models import CurvePoint, Pbt, Run
 from lrlab.pbt import rounds
 from lrlab.pbt.checkpoints import get_checkpoint_store, member_key
 from lrlab.schemas.pbt import PbtCreate
-from tests.conftest import start_worker, stop_process, wait_for, wait_run
+from tests.conftest import live_workers, start_worker, stop_process, wait_for, wait_run
 
 pytestmark = pytest.mark.service
 
@@ -166,6 +166,7 @@ def test_distributed_population_across_two_workers_survives_one_dying(
     env = {**service_env, **FAST}
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     workers += [start_worker(env, "--queues", "pbtd", log=log) for log in logs]
+    wait_for(lambda: live_workers("pbtd") >= 2, 60, "both workers' heartbeats")  # both consume from the start
     request = PbtCreate.model_validate({**REQUEST, "execution": "distributed", "epochs": 8})
     with session_scope() as s:
         owner = s.scalars(select(Run.owner).limit(1)).first() or "local"

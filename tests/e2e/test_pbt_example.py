@@ -36,8 +36,7 @@ def test_pbt_example_compares_with_a_grid_of_the_same_compute_and_replays(tmp_pa
         (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
         pbt, grid, replay = result["pbt"], result["grid"], result["replay"]
         members = _http("GET", f"{base}/v1/pbt/{pbt['id']}")[1]["members"]
-        grid_runs = _http("GET", f"{base}/v1/experiments/{grid['id']}")[1]["runs"]
-        grid_epochs = [_http("GET", f"{base}/v1/runs/{r['id']}")[1]["summary"]["epochs_completed"] for r in grid_runs]
+        grid_runs = [_http("GET", f"{base}/v1/runs/{r}")[1] for r in grid["runs"]]
         replayed = _http("GET", f"{base}/v1/runs/{replay['id']}/curves")[1]["points"]
     finally:
         stop_process(up)
@@ -45,8 +44,13 @@ def test_pbt_example_compares_with_a_grid_of_the_same_compute_and_replays(tmp_pa
     for line in ("grid, best of 4 lrs", "PBT, best member (1 exploits)", "replayed from scratch", "mean over 1 seed"):
         assert line in out.stdout, out.stdout
     # the same compute: 4 members x 4 epochs against 4 grid cells x 4 epochs, the grid log-spaced over [1e-3, 1]
-    assert [len(m["points"]) for m in members] == [4] * 4 and grid_epochs == [4] * 4
+    assert [len(m["points"]) for m in members] == [4] * 4
+    assert [r["summary"]["epochs_completed"] for r in grid_runs] == [4] * 4
     assert grid["lrs"] == [0.001, 0.01, 0.1, 1.0]
+    # grid cell k as member k: seed 0 + k, everyone on the population's split (the replay too)
+    assert [(r["spec"]["seed"], r["spec"]["split_seed"]) for r in grid_runs] == [(k, 0) for k in range(4)]
+    assert [r["spec"]["optimizer"]["lr"] for r in grid_runs] == grid["lrs"]
+    assert pbt["replay_spec"]["split_seed"] == 0
     assert all(1e-3 <= lr <= 1.0 for lr in pbt["initial_lrs"])
     # the replay trains the discovered lr per epoch, from the lineage's first member's starting weights and data
     lrs = [
@@ -56,11 +60,12 @@ def test_pbt_example_compares_with_a_grid_of_the_same_compute_and_replays(tmp_pa
     ]
     assert [p["lr"] for p in replayed] == pytest.approx(lrs)
     root, first = next(itertools.groupby(pbt["through"]))
+    assert pbt["replay_spec"]["seed"] == root  # member k's seed is 0 + k
     ours = members[root]["points"][: len(list(first))]
     assert [p["val_accuracy"] for p in replayed[: len(ours)]] == [p["val_accuracy"] for p in ours]
     assert [p["train_loss"] for p in replayed[: len(ours)]] == pytest.approx([p["train_loss"] for p in ours], rel=1e-5)
     assert math.isclose(replay["final"], replayed[-1]["val_accuracy"])
-    chart = tmp_path / "charts" / "pbt-spirals-seed0-val_accuracy.png"
+    chart = tmp_path / "charts" / "pbt-spirals-sgd-seed0-val_accuracy.png"
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 
