@@ -14,6 +14,7 @@ Prints a Markdown table of seconds and ratios to bare.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +39,32 @@ from torch import nn  # noqa: E402
 
 import trainer  # noqa: E402
 
+TORCH_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+}
+
+
+def torch_optimizer(params: Any, spec: dict[str, Any]) -> torch.optim.Optimizer:
+    """torch.optim's own optimizer for a spec's `optimizer` object (its fields keep torch's names)."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "name"}
+    return TORCH_OPTIMIZERS[spec["name"]](params, **kwargs)
+
 
 def bare_loop(spec: dict[str, Any]) -> float:
     """What a person would write by hand: same data, model shape, optimizer and per-epoch validation."""
     t0 = time.perf_counter()
-    data = trainer.load_dataset(trainer.DatasetConfig(name=spec["dataset"]), spec["seed"])
+    data = trainer.load_dataset(trainer.RunConfig.from_spec(spec).dataset, spec["seed"])
     torch.manual_seed(spec["seed"])
     d_in = int(torch.tensor(data.input_shape).prod())
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(d_in, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, data.n_classes)
     )
-    opt = torch.optim.Adam(model.parameters(), lr=spec["optimizer"]["lr"])
+    opt = torch_optimizer(model.parameters(), spec["optimizer"])
     gen = torch.Generator().manual_seed(spec["seed"])
     n, bs = len(data.y_train), spec["batch_size"]
     for _ in range(spec["epochs"]):
@@ -105,23 +122,96 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLI = [sys.executable, "-m", "lrlab.cli"]
+
+
+def _quiet(env: dict[str, str]) -> dict[str, Any]:
+    return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
+
+
+def start_worker(env: dict[str, str], base: str) -> subprocess.Popen[bytes]:
+    """A worker (one process, concurrency 1) on the cpu queue; returns once it consumes (its heartbeat is in)."""
+    before = _workers(base)
+    proc = subprocess.Popen([*CLI, "worker", "--queues", "cpu", "--loglevel", "WARNING"], **_quiet(env))
+    deadline = time.time() + 120
+    while time.time() < deadline:  # worker_ready (after the warm-up) writes the heartbeat row /metrics counts
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        if _workers(base) > before:
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("worker did not start")
+
+
+def _workers(base: str) -> int:
+    req = urllib.request.Request(f"{base}/metrics")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        lines = resp.read().decode().splitlines()
+    return sum(int(float(line.split()[-1])) for line in lines if line.startswith("lrlab_workers{"))
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # a warm shutdown: the worker removes its heartbeat row
+    proc.wait(timeout=30)
+
+
 def start_service(env: dict[str, str], port: int) -> list[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-m", "lrlab.cli"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
+    """`lrlab api` on the port and one warm `lrlab worker`; returns once both answer."""
     if env.get("LRLAB_DATABASE_URL"):
-        subprocess.run([*cmd, "db", "upgrade"], check=True, **quiet)  # type: ignore[arg-type]
-    procs = [
-        subprocess.Popen([*cmd, "api", "--port", str(port), "--loglevel", "WARNING"], **quiet),  # type: ignore[call-overload]
-        subprocess.Popen([*cmd, "worker", "--queues", "cpu", "--loglevel", "WARNING"], **quiet),  # type: ignore[call-overload]
-    ]
+        subprocess.run([*CLI, "db", "upgrade"], check=True, **_quiet(env))
+    api = subprocess.Popen([*CLI, "api", "--port", str(port), "--loglevel", "WARNING"], **_quiet(env))
+    base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
-    while time.time() < deadline:
+    while True:
         try:
-            _http("GET", f"http://127.0.0.1:{port}/healthz")
-            return procs
+            _http("GET", f"{base}/healthz")
+            break
         except OSError:
+            if time.time() > deadline:
+                stop(api)
+                raise RuntimeError("api did not start") from None
             time.sleep(0.2)
-    raise RuntimeError("service did not start")
+    try:
+        return [api, start_worker(env, base)]
+    except BaseException:
+        stop(api)
+        raise
+
+
+@contextlib.contextmanager
+def private_services(embedded: bool) -> Iterator[dict[str, str]]:
+    """The environment for an api and workers of our own: a temporary data dir and, unless embedded, a new
+    Postgres database and a Redis db number claimed as tests/conftest.py claims one (dropped afterwards)."""
+    tmp = Path(tempfile.mkdtemp(prefix="lrlab-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
+    env.update({"LRLAB_DATA_DIR": str(tmp), "LRLAB_TORCH_THREADS": "1", "LRLAB_AUTH": "disabled"})  # loopback only
+    if embedded:
+        yield env
+        return
+    import psycopg
+    import redis
+
+    admin_pg, redis_host = "postgresql://postgres@127.0.0.1:5432/postgres", "redis://127.0.0.1:6379"
+    db_name, token = f"lrlab_bench_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    locks = redis.Redis.from_url(f"{redis_host}/0")
+    redis_db = next((db for db in range(1, 16) if locks.set(f"lrlab-test-lock:{db}", token, nx=True, ex=3600)), None)
+    if redis_db is None:
+        raise RuntimeError("no free Redis db number (1..15)")
+    redis.Redis.from_url(f"{redis_host}/{redis_db}").flushdb()
+    with psycopg.connect(admin_pg, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    env["LRLAB_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
+    env["LRLAB_BROKER_URL"] = f"{redis_host}/{redis_db}"
+    try:
+        yield env
+    finally:
+        with psycopg.connect(admin_pg, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        redis.Redis.from_url(f"{redis_host}/{redis_db}").flushdb()
+        if locks.get(f"lrlab-test-lock:{redis_db}") == token.encode():
+            locks.delete(f"lrlab-test-lock:{redis_db}")
 
 
 def main() -> None:
@@ -143,38 +233,21 @@ def main() -> None:
         "device": "cpu",
         "divergence": {"enabled": True},
     }
-    tmp = Path(tempfile.mkdtemp(prefix="lrlab-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
-    env.update({"LRLAB_DATA_DIR": str(tmp), "LRLAB_TORCH_THREADS": "1", "LRLAB_AUTH": "disabled"})  # loopback only
-    db_name = None
-    if not args.embedded:
-        import psycopg
-
-        db_name = f"lrlab_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{db_name}"')
-        env["LRLAB_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
-        env["LRLAB_BROKER_URL"] = "redis://127.0.0.1:6379/15"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    procs = start_service(env, port)
-    try:
-        warm = {**spec, "epochs": 2}
-        bare_loop(warm), trainer_loop(warm), service_run(base, warm)
-        times: dict[str, list[float]] = {"bare": [], "trainer": [], "service": []}
-        for _ in range(args.repeats):
-            times["bare"].append(bare_loop(spec))
-            times["trainer"].append(trainer_loop(spec))
-            times["service"].append(service_run(base, spec))
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
-        if db_name:
-            import psycopg
-
-            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    with private_services(args.embedded) as env:
+        procs = start_service(env, port)
+        try:
+            warm = {**spec, "epochs": 2}
+            bare_loop(warm), trainer_loop(warm), service_run(base, warm)
+            times: dict[str, list[float]] = {"bare": [], "trainer": [], "service": []}
+            for _ in range(args.repeats):
+                times["bare"].append(bare_loop(spec))
+                times["trainer"].append(trainer_loop(spec))
+                times["service"].append(service_run(base, spec))
+        finally:
+            for p in procs:
+                stop(p)
     shape = "embedded (SQLite + SQLite transport)" if args.embedded else "Postgres + Redis"
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

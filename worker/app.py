@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 app = make_celery(name="lrlab-worker")
 app.conf.include = ["worker.tasks"]
+# A prefork child warms up (_warm_up: torch, digits, the population engine) before it reports ready:
+# seconds on a busy machine, where Celery's default would SIGKILL a child silent for 4 s.
+app.conf.worker_proc_alive_timeout = 60.0
 
 _stop = threading.Event()
 
@@ -68,11 +71,33 @@ def _reconcile_loop() -> None:
         _stop.wait(interval * random.uniform(0.8, 1.2))
 
 
-def _load_torch() -> None:
-    # Importing torch takes seconds on a busy machine; done here, before the worker consumes, a task
-    # claims its run within milliseconds of receiving it. A worker killed between receiving a message
-    # and claiming the run loses that message until the reconciler sends it again (redispatch_seconds).
-    import trainer.loop  # noqa: F401
+def _warm_up() -> None:
+    """Load, before the worker consumes, what a first task would otherwise load inside its run.
+
+    Importing torch takes seconds on a busy machine; done here, a task claims its run within milliseconds
+    of receiving it (a worker killed between receiving a message and claiming the run loses that message
+    until the reconciler sends it again, redispatch_seconds). Then what a fresh worker's first grid paid
+    inside its first task (bench/grid.py, docs/benchmarks.md): the tasks' own modules (pydantic schemas,
+    ~0.3 s); the default dataset, digits (scikit-learn's import pulls in scipy.stats, 0.7-2 s); and the
+    population engine's first call of two members or more, whose memory estimate runs a forward on the meta
+    device and so imports torch._dynamo and sympy (1-3 s). Two digits members for one epoch do the last two
+    (~30 ms once imported). What stays in a first task is ~10 ms (SQL compilation); mnist1d (~1 s to
+    generate) and users' files load on first use.
+    """
+    import trainer.loop  # noqa: F401  (torch)
+    import worker.execute  # noqa: F401
+    import worker.find_lr  # noqa: F401
+    import worker.pack  # noqa: F401
+    import worker.pbt  # noqa: F401
+    from trainer import RunConfig
+    from trainer.population import train_population
+    from worker.execute import _set_threads
+
+    _set_threads()  # as every task does first: torch's default would start an OpenMP thread per core
+    try:
+        train_population([RunConfig.from_spec({"dataset": "digits", "epochs": 1})] * 2, device="cpu")
+    except Exception:  # the first run will pay for it (and report a real problem properly)
+        log.warning("warming up the trainer failed", exc_info=True)
 
 
 @signals.worker_init.connect
@@ -82,12 +107,12 @@ def _warm_main_process(sender: object, **_: object) -> None:
 
     pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
     if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):  # the prefork parent never imports torch
-        _load_torch()
+        _warm_up()
 
 
 @signals.worker_process_init.connect
 def _warm_pool_process(**_: object) -> None:
-    _load_torch()
+    _warm_up()
 
 
 @signals.worker_ready.connect

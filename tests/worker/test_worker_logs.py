@@ -42,8 +42,11 @@ def test_worker_json_logs_carry_the_run_id(json_worker: Path) -> None:
 
     wait_for(done, 60, "the run", interval=0.2)
     lines = [line for line in json_worker.read_text().splitlines() if line.strip()]
-    first = next(i for i, line in enumerate(lines) if line.startswith("{"))  # after celery's banner and warnings
+    # celery prints its banner after worker_init, where the warm-up (worker.app._warm_up) may have logged already
+    banner_end = lines.index("[tasks]")
+    first = next(i for i in range(banner_end, len(lines)) if lines[i].startswith("{"))  # after the task list
     entries = [json.loads(line) for line in lines[first:]]  # every line from there on is one JSON object
+    entries += [json.loads(line) for line in lines[:banner_end] if line.startswith("{")]  # the warm-up's
     epochs = [e for e in entries if e["logger"] == "trainer.loop" and e["message"].startswith("epoch ")]
     assert len(epochs) == 2 and all(e.get("run_id") == run_id for e in epochs)
     assert any(e["logger"] == "celery.apps.worker" and "run_id" not in e for e in entries)  # outside any task

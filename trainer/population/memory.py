@@ -9,7 +9,6 @@ mid-sweep costs far more than one more group.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 
@@ -38,7 +37,11 @@ def member_bytes(config: RunConfig, model: nn.Module, input_shape: Sequence[int]
 
 
 def _activations(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> int:
-    """Elements of every module's output for one batch (measured with a forward on the meta device)."""
+    """Elements of every leaf module's output for one batch: counted on one sample in eval mode, times the batch.
+
+    (Eval mode leaves BatchNorm's statistics and the random streams alone; the meta device would do without
+    computing anything, but its first use imports torch's tracing stack, seconds on a busy machine.)
+    """
     total = 0
 
     def count(_: nn.Module, __: object, output: object) -> None:
@@ -46,19 +49,17 @@ def _activations(model: nn.Module, input_shape: Sequence[int], batch_size: int) 
         if isinstance(output, torch.Tensor):
             total += output.numel()
 
-    meta = _to_meta(model)
-    hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    training = model.training
     try:
+        model.eval()
         with torch.no_grad():
-            meta(torch.empty(batch_size, *input_shape, device="meta"))
+            model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype))
     finally:
+        model.train(training)
         for h in hooks:
             h.remove()
-    return total + batch_size * int(torch.Size(input_shape).numel())
-
-
-def _to_meta(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to("meta")
+    return (total + int(torch.Size(input_shape).numel())) * batch_size
 
 
 def budget_bytes(device: torch.device) -> int | None:
