@@ -346,8 +346,9 @@ def test_pbt_page_shows_members_exploits_lineage_and_schedule(up: str, page: Any
 
 
 def test_pbt_page_updates_live_until_finished(up: str, page: Any) -> None:
-    # smaller batches and three rounds: long enough to watch it move
-    slower = {**PBT, "name": "live pbt", "epochs": 6, "base": {**PBT["base"], "batch_size": 8}}
+    # smaller batches and three rounds of four epochs: seconds, long enough to watch it move (the page polls
+    # once a second; six epochs of the warm worker's fused rounds were sometimes over in less)
+    slower = {**PBT, "name": "live pbt", "epochs": 12, "interval": 4, "base": {**PBT["base"], "batch_size": 8}}
     pbt_id = _submit_pbt(up, slower)
     page.goto(f"{up}/pbt/{pbt_id}")
     page.wait_for_selector("[data-role=epochs]")
@@ -364,10 +365,10 @@ def test_pbt_page_updates_live_until_finished(up: str, page: Any) -> None:
     seen.append(int(page.locator("[data-role=epochs]").inner_text().split()[1]))
     assert _status(page) == "succeeded", _http("GET", f"{up}/v1/pbt/{pbt_id}")
     assert seen == sorted(seen), seen
-    assert any(0 < n < 6 for n in seen), f"never saw a partial population: {sorted(set(seen))}"
-    assert seen[-1] == 6
+    assert any(0 < n < 12 for n in seen), f"never saw a partial population: {sorted(set(seen))}"
+    assert seen[-1] == 12
     lineage = _http("GET", f"{up}/v1/pbt/{pbt_id}")[1]["lineage"]
-    assert [e["epoch"] for e in lineage] == [2, 4]
+    assert [e["epoch"] for e in lineage] == [4, 8]
     assert page.locator("[data-role=lineage] tbody tr").count() == 2
     assert page.locator("[data-chart=members] [data-role=marker]").count() == 2
     assert page.get_by_role("button", name="Cancel population").count() == 0

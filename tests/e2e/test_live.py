@@ -175,7 +175,7 @@ def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
         listed += page.data
         if (cursor := page.next_cursor) is None:
             break
-    assert len({p.id for p in listed}) == len(listed) and all(len(p.members) == 4 for p in listed)
+    assert len({p.id for p in listed}) == len(listed) and all(len(p.members) == p.spec.population for p in listed)
     assert [p.id for p in listed if p.name == "tiny pbt"] == [created.id]  # the replayed create made none
 
     svg = lab.pbt_chart(created.id, "val_accuracy", fmt="svg")
