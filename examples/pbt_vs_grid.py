@@ -70,7 +70,7 @@ def run_pbt(lab: Client, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "metric": "val_accuracy",
         "seed": seed,
     }
-    pbt = lab.wait_pbt(lab.create_pbt(request).id, poll=args.poll, progress=not args.quiet)
+    pbt = lab.wait_pbt(lab.submit_pbt(request).id, poll=args.poll, progress=not args.quiet)
     if pbt.status.value != "succeeded" or pbt.best is None:
         sys.exit(f"population {pbt.id} ended {pbt.status.value}: {pbt.error}")
     found = lab.pbt_schedule(pbt.id)

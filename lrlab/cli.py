@@ -268,7 +268,7 @@ def cmd_pbt_submit(args: argparse.Namespace) -> int:
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     try:
-        created = _client(args).create_pbt(json.loads(text))
+        created = _client(args).submit_pbt(json.loads(text))
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -282,7 +282,7 @@ def cmd_pbt_watch(args: argparse.Namespace) -> int:
     lab = _client(args)
     shown, events = None, 0
     while True:
-        pbt = lab.get_pbt(args.pbt_id)
+        pbt = lab.pbt(args.pbt_id)
         for e in pbt.lineage[events:]:  # ordered by epoch: a new round only appends
             changes = ", ".join(
                 f"{k} {_num(e.old.get(k))} -> {_num(v)}{' (resampled)' if k in e.resampled else ''}"

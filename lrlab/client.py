@@ -6,7 +6,7 @@
     lab.wait(exp.runs)                               # progress on stderr
     print(lab.compare(experiment_id=exp.id).verdict)
     lab.save_chart(exp.id, "val_accuracy", "acc.png")
-    pbt = lab.wait_pbt(lab.create_pbt({"mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}}}).id)
+    pbt = lab.wait_pbt(lab.submit_pbt({"mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}}}).id)
     lab.submit_run(lab.pbt_schedule(pbt.id).run)  # replay the discovered lr schedule from scratch
 
 It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames
@@ -162,13 +162,13 @@ class Client:
 
     # --- population based training -------------------------------------------------------------
 
-    def create_pbt(self, request: PbtCreate | dict[str, Any], *, idempotency_key: str | None = None) -> PbtCreated:
+    def submit_pbt(self, request: PbtCreate | dict[str, Any], *, idempotency_key: str | None = None) -> PbtCreated:
         return self._post(PbtCreated, "/v1/pbt", request, idempotency_key)
 
-    def get_pbt(self, pbt_id: str) -> PbtPublic:
+    def pbt(self, pbt_id: str) -> PbtPublic:
         return self._get(PbtPublic, f"/v1/pbt/{pbt_id}")
 
-    def list_pbts(self, *, limit: int = 20, cursor: str | None = None) -> PbtsPublic:
+    def pbts(self, *, limit: int = 20, cursor: str | None = None) -> PbtsPublic:
         return self._get(PbtsPublic, "/v1/pbt", limit=limit, cursor=cursor)
 
     def cancel_pbt(self, pbt_id: str) -> PbtPublic:
@@ -180,6 +180,12 @@ class Client:
 
     def pbt_chart(self, pbt_id: str, metric: str = "val_accuracy", *, fmt: str = "png") -> bytes:
         return self._request("GET", f"/v1/pbt/{pbt_id}/charts/{metric}.{fmt}").content
+
+    def save_pbt_chart(self, pbt_id: str, metric: str, path: str | Path) -> Path:
+        """The population's chart (members' `metric`, exploits, the best member's lr) to a .png or .svg file."""
+        out = Path(path)
+        out.write_bytes(self.pbt_chart(pbt_id, metric, fmt=out.suffix.lstrip(".") or "png"))
+        return out
 
     # --- waiting ----------------------------------------------------------------------------------
 
@@ -222,7 +228,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = None
         while True:
-            pbt = self.get_pbt(pbt_id)
+            pbt = self.pbt(pbt_id)
             line = self.pbt_progress_line(pbt)
             if progress and line != shown:
                 stream.write(line + "\n")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,12 +147,12 @@ def test_metrics_in_prometheus_format(api_client: Any, worker: Any) -> None:
     assert 'lrlab_http_request_seconds_count{method="POST",route="/v1/runs",status="202"}' in text
 
 
-def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
+def test_python_client_pbt_round_trip(api_client: Any, worker: Any, tmp_path: Path) -> None:
     lab = Client(http=api_client)
     request = PbtCreate.model_validate(TINY_PBT)  # the API's own schema, or a plain dict
-    created = lab.create_pbt(request, idempotency_key="client-pbt")
+    created = lab.submit_pbt(request, idempotency_key="client-pbt")
     assert len(created.runs) == 4
-    assert lab.create_pbt(request, idempotency_key="client-pbt") == created  # replayed, not a second population
+    assert lab.submit_pbt(request, idempotency_key="client-pbt") == created  # replayed, not a second population
     progress = io.StringIO()
     pbt = lab.wait_pbt(created.id, poll=0.2, timeout=120, out=progress)
     assert pbt.status.value == "succeeded", pbt.error
@@ -159,7 +160,7 @@ def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
     assert lines == list(dict.fromkeys(lines))  # a line whenever the population moves, never a repeat
     assert lines[-1].startswith(created.id[:8]) and "4/4 round 2/2 succeeded  1 exploit  best member" in lines[-1]
 
-    got = lab.get_pbt(created.id)
+    got = lab.pbt(created.id)
     assert [m.run_id for m in got.members] == created.runs and all(len(m.points) == 4 for m in got.members)
     assert [(e.epoch, len(e.new)) for e in got.lineage] == [(2, 1)]
     assert got.best is not None and got.best.epoch == 4 and len(got.best.schedule) == 4
@@ -171,7 +172,7 @@ def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
 
     listed, cursor = [], None
     for _ in range(50):  # one population a page
-        page = lab.list_pbts(limit=1, cursor=cursor)
+        page = lab.pbts(limit=1, cursor=cursor)
         listed += page.data
         if (cursor := page.next_cursor) is None:
             break
@@ -181,18 +182,20 @@ def test_python_client_pbt_round_trip(api_client: Any, worker: Any) -> None:
     svg = lab.pbt_chart(created.id, "val_accuracy", fmt="svg")
     assert svg.startswith(b"<?xml") and b"<svg" in svg[:400]
     assert lab.pbt_chart(created.id, "train_loss").startswith(b"\x89PNG")
+    saved = lab.save_pbt_chart(created.id, "val_loss", tmp_path / "pbt.png")
+    assert saved.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ApiError) as err:
-        lab.create_pbt({**TINY_PBT, "interval": 5})
+        lab.submit_pbt({**TINY_PBT, "interval": 5})
     assert err.value.status == 422
     with pytest.raises(ApiError) as err:
-        lab.get_pbt("missing")
+        lab.pbt("missing")
     assert err.value.status == 404
 
 
 def test_python_client_cancels_a_population(api_client: Any, worker: Any) -> None:
     lab = Client(http=api_client)
-    created = lab.create_pbt({**TINY_PBT, "name": "long pbt", "epochs": 400, "interval": 200})
-    wait_for(lambda: lab.get_pbt(created.id).members[0].points, 60, "the population to train", interval=0.1)
+    created = lab.submit_pbt({**TINY_PBT, "name": "long pbt", "epochs": 400, "interval": 200})
+    wait_for(lambda: lab.pbt(created.id).members[0].points, 60, "the population to train", interval=0.1)
     cancelled = lab.cancel_pbt(created.id)  # members stop after their current epoch
     assert cancelled.status.value == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(ApiError) as err:
@@ -200,7 +203,7 @@ def test_python_client_cancels_a_population(api_client: Any, worker: Any) -> Non
     assert err.value.status == 409
 
     def members_ended() -> Any:
-        pbt = lab.get_pbt(created.id)
+        pbt = lab.pbt(created.id)
         return pbt if all(m.status.is_finished() for m in pbt.members) else None
 
     ended = wait_for(members_ended, 60, "the cancelled members to stop", interval=0.2)  # frees the worker too
@@ -251,7 +254,7 @@ def test_cli_pbt_submit_watch_schedule(cli_api: dict[str, str], worker: Any, tmp
 
     watched = cli("pbt", "watch", pbt_id, "--poll", "0.2")
     assert watched.returncode == 0, watched.stdout + watched.stderr
-    pbt = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).get_pbt(pbt_id)
+    pbt = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).pbt(pbt_id)
     assert pbt.best is not None
     out = watched.stdout
     assert "4/4 round 2/2 succeeded" in out
