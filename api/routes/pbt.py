@@ -88,14 +88,19 @@ def cancel_pbt(pbt: PbtDep, session: SessionDep) -> PbtPublic:
 @router.get(
     "/{pbt_id}/schedule",
     response_model=DiscoveredSchedule,
-    responses={409: {"description": "No member has finished an interval yet"}},
+    responses={409: {"description": "The members have not all finished their first interval"}},
 )
 def get_schedule(pbt: PbtDep, session: SessionDep) -> DiscoveredSchedule:
     """The best member's lr schedule (inherited history included) as a piecewise schedule, and a run spec that
     replays it from scratch: POST its `run` to /v1/runs."""
     found = rounds.discovered_schedule(session, pbt)
     if found is None:
-        raise ApiError(409, ["path", "pbt_id"], "no schedule yet: no member has finished an interval", "not_ready")
+        raise ApiError(
+            409,
+            ["path", "pbt_id"],
+            "no schedule yet: the members have not all finished their first interval",
+            "not_ready",
+        )
     return found
 
 
