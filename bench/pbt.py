@@ -37,6 +37,7 @@ def member_config(k: int, lr: float, epochs: int, batch_size: int) -> trainer.Ru
         epochs=epochs,
         batch_size=batch_size,
         seed=k,
+        split_seed=0,  # one validation split for the population, as the service's members share
         divergence=trainer.DivergenceConfig(enabled=False),
     )
 

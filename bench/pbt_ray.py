@@ -53,7 +53,7 @@ def train_member(config: dict[str, Any]) -> None:
     started_at = time.time()
     torch.set_num_threads(1)
     seed = member_seed()
-    data = trainer.load_dataset(trainer.DatasetConfig("digits"), seed)
+    data = trainer.load_dataset(trainer.DatasetConfig("digits"), 0)  # one split for all, as lrlab's members
     torch.manual_seed(seed)
     model = trainer.build_model(trainer.ModelConfig("mlp", {"hidden": [128, 128]}), data.input_shape, data.n_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
