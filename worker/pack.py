@@ -24,7 +24,7 @@ from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from worker.datasets import materialize
 from worker.execute import _checkpointer, _record, _resume_point, _set_threads, outcome
-from worker.progress import ProgressWriter
+from worker.progress import ProgressWriter, close_writer
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,12 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
         log.exception("pack %s failed", pack_id)
         error = f"{type(exc).__name__}: {exc}"[:4000]
         for claim, writer in zip(claims, writers, strict=True):
-            _close(writer)
+            close_writer(writer)
             if not writer.lost.is_set():
                 _record(claim.run_id, claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
         return
     for claim, writer, result in zip(claims, writers, results, strict=True):
-        if not _close(writer) or writer.lost.is_set():
+        if not close_writer(writer) or writer.lost.is_set():
             log.warning("run %s of pack %s: progress not ours any more; its lease decides", claim.run_id, pack_id)
             continue
         _record(claim.run_id, claim.token, functools.partial(outcome, claim.run_id, result))
-
-
-def _close(writer: ProgressWriter) -> bool:
-    try:
-        writer.close()
-        return True
-    except RuntimeError:
-        log.warning("progress of run %s was not fully recorded", writer.run_id, exc_info=True)
-        return False

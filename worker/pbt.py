@@ -29,7 +29,7 @@ from lrlab.schemas.pbt import PbtCreate
 from lrlab.settings import get_settings
 from worker.datasets import materialize
 from worker.execute import _record, _set_threads, outcome
-from worker.progress import ProgressWriter
+from worker.progress import ProgressWriter, close_writer
 
 log = logging.getLogger(__name__)
 
@@ -167,20 +167,11 @@ def _set_device(run_ids: list[str], device: Any, pack_id: str | None) -> None:
         session.execute(update(Run).where(Run.id.in_(run_ids)).values(device=str(device), pack_id=pack_id))
 
 
-def _close(writer: ProgressWriter) -> bool:
-    try:
-        writer.close()
-        return True
-    except RuntimeError:
-        log.warning("progress of run %s was not fully recorded", writer.run_id, exc_info=True)
-        return False
-
-
 def _fail(places: list[_Place], exc: Exception) -> None:
     log.exception("population member(s) failed: %s", ", ".join(p.claim.run_id for p in places))
     error = f"{type(exc).__name__}: {exc}"[:4000]
     for place in places:
-        _close(place.writer)
+        close_writer(place.writer)
         if not place.writer.lost.is_set():
             _record(place.claim.run_id, place.claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
             rounds.end_member(place.claim.run_id)
@@ -188,7 +179,7 @@ def _fail(places: list[_Place], exc: Exception) -> None:
 
 def _finish(place: _Place, result: Any) -> None:
     run_id, token = place.claim.run_id, place.claim.token
-    if not _close(place.writer) or place.writer.lost.is_set():
+    if not close_writer(place.writer) or place.writer.lost.is_set():
         log.warning("member run %s: progress not ours any more; its lease decides", run_id)
         return
     if place.reached < place.boundary:  # stopped on request before its boundary: cancelled

@@ -178,3 +178,13 @@ class ProgressWriter:
             except BaseException as exc:
                 self._error = exc
                 return
+
+
+def close_writer(writer: ProgressWriter) -> bool:
+    """Close the writer; False (logged) when some of its progress could not be recorded."""
+    try:
+        writer.close()
+        return True
+    except RuntimeError:
+        log.warning("progress of run %s was not fully recorded", writer.run_id, exc_info=True)
+        return False

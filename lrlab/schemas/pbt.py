@@ -37,6 +37,12 @@ MUTABLE: dict[str, tuple[str, ...]] = {
 Bound = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+def _low_below_high(cls: type, value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] >= value[1]:
+        raise ValueError(f"low ({value[0]:g}) must be less than high ({value[1]:g})")
+    return value
+
+
 class LogUniform(Strict):
     log_uniform: tuple[
         Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -44,23 +50,13 @@ class LogUniform(Strict):
         description="[low, high]: sampled uniformly in log space; perturbed by multiplying (a step in log space)."
     )
 
-    @field_validator("log_uniform")
-    @classmethod
-    def _order(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] >= value[1]:
-            raise ValueError(f"low ({value[0]:g}) must be less than high ({value[1]:g})")
-        return value
+    _order = field_validator("log_uniform")(_low_below_high)
 
 
 class Uniform(Strict):
     uniform: tuple[Bound, Bound] = Field(description="[low, high]: sampled uniformly; perturbed by multiplying.")
 
-    @field_validator("uniform")
-    @classmethod
-    def _order(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] >= value[1]:
-            raise ValueError(f"low ({value[0]:g}) must be less than high ({value[1]:g})")
-        return value
+    _order = field_validator("uniform")(_low_below_high)
 
 
 class Choices(Strict):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trainer.models import BasicBlock, Reshape
-from trainer.population.stack import StackedParameters, mlp_layers
+from trainer.population.stack import FlatStack, StackedParameters, mlp_layers
 
 # Why grouped convolutions rather than torch.func.vmap(functional_call): measured on the 2-core CPU VM
 # (torch 2.13.0+cpu, shared with other sessions' test suites, so absolute times moved by up to 2x between
@@ -32,7 +32,7 @@ from trainer.population.stack import StackedParameters, mlp_layers
 # and an unfold + bmm formulation no better at 35 ms); a GPU has the parallelism to spare instead.
 
 
-class FunctionalStack:
+class FunctionalStack(FlatStack):
     """Every member's parameters in one row of `flat` (K, P) with per-parameter views (K, *shape) of it, and
     their buffers (BatchNorm's running statistics) stacked as (K, *shape) tensors beside it.
 
@@ -59,12 +59,7 @@ class FunctionalStack:
         self.views = self._make_views()
 
     def _make_views(self) -> dict[str, Tensor]:
-        views, offset = {}, 0
-        with torch.no_grad():
-            for name, shape in self.shapes.items():
-                size = int(torch.Size(shape).numel())
-                views[name] = self.flat[:, offset : offset + size].view(-1, *shape).requires_grad_()  # (K, *shape)
-                offset += size
+        views = super()._make_views()
         self._bind({**views, **self.buffers})
         return views
 
@@ -74,11 +69,6 @@ class FunctionalStack:
             for name, tensor in tensors.items():
                 owner, _, attr = name.rpartition(".")
                 setattr(self.template.get_submodule(owner), attr, tensor)
-
-    def grad(self, loss: Tensor) -> Tensor:
-        """d loss / d flat, (K, P): with loss a sum of per-member losses, row k is member k's own gradient."""
-        grads = torch.autograd.grad(loss, list(self.views.values()))
-        return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
 
     def forward(self, x: Tensor, train: bool = True, rows: Tensor | None = None) -> Tensor:
         """Logits (K, B, C) of each member k on its own batch x[k]: x is (K, B, *input_shape).
@@ -117,34 +107,17 @@ class FunctionalStack:
         tensors = {**self.views, **self.buffers}
         return {name: tensors[name][row].detach().clone() for name in self.state_keys}
 
-    def split_row(self, row: Tensor) -> list[Tensor]:
-        """A (P,) row of flat-shaped data (weights or optimizer state) as the model's parameter tensors, in
-        model.parameters() order and shapes (copies): what trainer.optim's per-parameter state holds."""
-        out, offset = [], 0
-        for shape in self.shapes.values():
-            size = int(torch.Size(shape).numel())
-            out.append(row[offset : offset + size].view(shape).detach().clone())
-            offset += size
-        return out
-
-    def join_row(self, tensors: Sequence[Tensor]) -> Tensor:
-        """The inverse of split_row: the model's parameter tensors (model.parameters() order) as one (P,) row."""
-        if len(tensors) != len(self.shapes):
-            raise ValueError(f"{len(tensors)} tensors for {len(self.shapes)} parameters")
-        return torch.cat([t.reshape(-1) for t in tensors]).to(self.flat.device, self.flat.dtype)
-
     def copy_row(self, target: int, source: int) -> None:
         """Member `target` takes member `source`'s parameters and buffers (exploit in population based training)."""
+        super().copy_row(target, source)
         with torch.no_grad():
-            self.flat[target] = self.flat[source]
             for b in self.buffers.values():
                 b[target] = b[source]
 
     def keep(self, rows: Tensor) -> None:
         """Drop every member not in `rows` (row positions), buffers included."""
-        self.flat = self.flat[rows]
-        self.buffers = {name: b[rows] for name, b in self.buffers.items()}
-        self.views = self._make_views()
+        self.buffers = {name: b[rows] for name, b in self.buffers.items()}  # before the views bind them
+        super().keep(rows)
 
 
 def stack_models(models: Sequence[nn.Module], device: torch.device) -> StackedParameters | FunctionalStack:

@@ -19,29 +19,18 @@ Layer = tuple[str, str, str]
 # matmuls but pays for the wrapping on every call.
 
 
-class StackedParameters:
-    """Every member's parameters in one row of `flat` (K, P), and per-parameter views (K, *shape) of it.
+class FlatStack:
+    """K members' parameters as one flat (K, P) tensor with per-parameter views (K, *shape) of it.
 
-    The optimizer updates `flat` with one call of each elementwise op instead of one per parameter
-    tensor (on a GPU: a sixth of the kernel launches for a 3-layer MLP); the views are autograd leaves
-    that share flat's storage, so they see every update without a copy. Linear weights are stored
-    transposed, (K, in, out): the elementwise updates do not care about the order, and the batched
-    matmul's weight gradient then comes out contiguous, so it joins the flat gradient without a copy.
+    What every stacked model shares: subclasses set `flat`, `shapes` (name -> a member's shape, in
+    named_parameters() order) and `transposed` (names stored transposed) and call _make_views, then add
+    their own forward and member_state.
     """
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
-        self.layers = mlp_layers(models[0])
-        params, buffers = stack_module_state(list(models))
-        if buffers:
-            raise ValueError(f"Cannot stack a model with buffers: {sorted(buffers)}")
-        self.transposed = {weight for kind, weight, _ in self.layers if kind == "linear"}
-        stored = {
-            name: p.detach().transpose(1, 2) if name in self.transposed else p.detach() for name, p in params.items()
-        }
-        self.shapes = {name: tuple(p.shape[1:]) for name, p in stored.items()}
-        k = len(models)
-        self.flat = torch.cat([p.reshape(k, -1) for p in stored.values()], dim=1).to(device)  # (K, P)
-        self.views = self._make_views()
+    flat: Tensor
+    shapes: dict[str, tuple[int, ...]]
+    transposed: set[str]
+    views: dict[str, Tensor]
 
     def _make_views(self) -> dict[str, Tensor]:
         views, offset = {}, 0
@@ -55,31 +44,7 @@ class StackedParameters:
     def grad(self, loss: Tensor) -> Tensor:
         """d loss / d flat, (K, P): with loss a sum of per-member losses, row k is member k's own gradient."""
         grads = torch.autograd.grad(loss, list(self.views.values()))
-        return torch.cat([g.flatten(1) for g in grads], dim=1)
-
-    def forward(self, x: Tensor, train: bool = True, rows: Tensor | None = None) -> Tensor:
-        """Logits (K, B, C) of each member k on its own batch x[k]: x is (K, B, *input_shape).
-
-        train and rows are FunctionalStack's (BatchNorm's mode, the members whose buffers may change):
-        an MLP without dropout has no mode and no buffers, so it ignores them.
-        """
-        h = x
-        for kind, weight, bias in self.layers:
-            if kind == "flatten":
-                h = h.reshape(h.shape[0], h.shape[1], -1)  # (K, B, D)
-            elif kind == "relu":
-                h = torch.relu(h)
-            else:
-                w_t, b = self.views[weight], self.views[bias]  # (K, in, out), (K, out)
-                h = torch.baddbmm(b.unsqueeze(1), h, w_t)  # (K, B, out)
-        return h
-
-    def member_state(self, row: int) -> dict[str, Tensor]:
-        """Member `row`'s parameters in its model's own names and shapes (a copy), as its state_dict holds them."""
-        return {
-            name: (view[row].T if name in self.transposed else view[row]).detach().clone()
-            for name, view in self.views.items()
-        }
+        return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
 
     def split_row(self, row: Tensor) -> list[Tensor]:
         """A (P,) row of flat-shaped data (weights or optimizer state) as the model's parameter tensors, in
@@ -110,6 +75,55 @@ class StackedParameters:
         """Drop every member not in `rows` (row positions)."""
         self.flat = self.flat[rows]
         self.views = self._make_views()
+
+
+class StackedParameters(FlatStack):
+    """Every member's parameters in one row of `flat` (K, P), and per-parameter views (K, *shape) of it.
+
+    The optimizer updates `flat` with one call of each elementwise op instead of one per parameter
+    tensor (on a GPU: a sixth of the kernel launches for a 3-layer MLP); the views are autograd leaves
+    that share flat's storage, so they see every update without a copy. Linear weights are stored
+    transposed, (K, in, out): the elementwise updates do not care about the order, and the batched
+    matmul's weight gradient then comes out contiguous, so it joins the flat gradient without a copy.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+        self.layers = mlp_layers(models[0])
+        params, buffers = stack_module_state(list(models))
+        if buffers:
+            raise ValueError(f"Cannot stack a model with buffers: {sorted(buffers)}")
+        self.transposed = {weight for kind, weight, _ in self.layers if kind == "linear"}
+        stored = {
+            name: p.detach().transpose(1, 2) if name in self.transposed else p.detach() for name, p in params.items()
+        }
+        self.shapes = {name: tuple(p.shape[1:]) for name, p in stored.items()}
+        k = len(models)
+        self.flat = torch.cat([p.reshape(k, -1) for p in stored.values()], dim=1).to(device)  # (K, P)
+        self.views = self._make_views()
+
+    def forward(self, x: Tensor, train: bool = True, rows: Tensor | None = None) -> Tensor:
+        """Logits (K, B, C) of each member k on its own batch x[k]: x is (K, B, *input_shape).
+
+        train and rows are FunctionalStack's (BatchNorm's mode, the members whose buffers may change):
+        an MLP without dropout has no mode and no buffers, so it ignores them.
+        """
+        h = x
+        for kind, weight, bias in self.layers:
+            if kind == "flatten":
+                h = h.reshape(h.shape[0], h.shape[1], -1)  # (K, B, D)
+            elif kind == "relu":
+                h = torch.relu(h)
+            else:
+                w_t, b = self.views[weight], self.views[bias]  # (K, in, out), (K, out)
+                h = torch.baddbmm(b.unsqueeze(1), h, w_t)  # (K, B, out)
+        return h
+
+    def member_state(self, row: int) -> dict[str, Tensor]:
+        """Member `row`'s parameters in its model's own names and shapes (a copy), as its state_dict holds them."""
+        return {
+            name: (view[row].T if name in self.transposed else view[row]).detach().clone()
+            for name, view in self.views.items()
+        }
 
 
 def mlp_layers(model: nn.Module) -> list[Layer]:
