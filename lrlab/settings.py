@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     checkpoint_seconds: float = Field(
         5.0, ge=0, description="Checkpoints are saved at most this often (0: every epoch)."
     )
+    pbt_checkpoints: Literal["final", "all"] = Field(
+        "final",
+        description=(
+            "What a finished population keeps in the checkpoint store: its members' last checkpoints (final), or"
+            " every round's (all). A cancelled or failed population keeps none."
+        ),
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with run_id.")
 

@@ -39,6 +39,7 @@ class _Place:
 
     def __init__(self, claim: leases.Claim, member: PbtMember, request: PbtCreate, boundary: int) -> None:
         self.claim, self.request, self.boundary = claim, request, boundary
+        self.pbt_id = member.pbt_id
         self.member, self.epoch, self.weights_from = member.member, member.epoch, member.weights_from
         self.hyperparameters = dict(member.hyperparameters)
         self.reached = member.epoch
@@ -175,6 +176,7 @@ def _fail(places: list[_Place], exc: Exception) -> None:
         if not place.writer.lost.is_set():
             _record(place.claim.run_id, place.claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
             rounds.end_member(place.claim.run_id)
+            rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
 
 
 def _finish(place: _Place, result: Any) -> None:
@@ -185,6 +187,7 @@ def _finish(place: _Place, result: Any) -> None:
     if place.reached < place.boundary:  # stopped on request before its boundary: cancelled
         _record(run_id, token, functools.partial(outcome, run_id, result))
         rounds.end_member(run_id)
+        rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
         return
     final: Callable[[], dict[str, Any]] | None = None
     if place.boundary >= place.request.epochs:
@@ -194,3 +197,5 @@ def _finish(place: _Place, result: Any) -> None:
         log.warning("member run %s: lease lost before its interval was recorded", run_id)
         return
     rounds.dispatch(next_round)
+    if final is not None:  # the last member to end its last epoch finishes the population
+        rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())

@@ -28,6 +28,10 @@ class CheckpointStore(Protocol):
         """The bytes under `key`; KeyError when there are none."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove `key` if it is there."""
+        ...
+
     def delete_prefix(self, prefix: str) -> None: ...
 
 
@@ -64,8 +68,15 @@ class LocalCheckpointStore:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    def delete(self, key: str) -> None:
+        (self.root / _checked(key)).unlink(missing_ok=True)
+
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / _checked(prefix), ignore_errors=True)
+
+
+def pbt_prefix(pbt_id: str) -> str:
+    return f"pbt/{pbt_id}"
 
 
 def get_checkpoint_store(settings: Settings | None = None) -> CheckpointStore:

@@ -27,6 +27,7 @@ from lrlab.db import session_scope
 from lrlab.experiments import fusable_spec
 from lrlab.models import CurvePoint, Pbt, PbtEvent, PbtMember, Run, utcnow
 from lrlab.pbt import search
+from lrlab.pbt.checkpoints import CheckpointStore, member_key, pbt_prefix
 from lrlab.schemas.pbt import (
     DiscoveredSchedule,
     FollowedEpoch,
@@ -39,6 +40,7 @@ from lrlab.schemas.pbt import (
 )
 from lrlab.schemas.runs import RunStatus, RunSummary
 from lrlab.schemas.spec import PiecewiseSchedule, RunSpec
+from lrlab.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +269,31 @@ def _scores(session: Session, run_ids: Sequence[str], epoch: int, metric: str) -
     ).all()
     found = {run_id: value for run_id, value in rows}
     return [found.get(run_id) for run_id in run_ids]
+
+
+def prune_checkpoints(pbt_id: str, store: CheckpointStore, settings: Settings | None = None) -> int:
+    """Once a population is finished, drop what it no longer needs from the store; returns the keys dropped.
+
+    Succeeded: every round's checkpoints but the members' last (all of them with LRLAB_PBT_CHECKPOINTS=all).
+    Cancelled or failed: everything (nothing will resume). Running or queued: nothing.
+    """
+    settings = settings or get_settings()
+    with session_scope() as session:
+        pbt = session.get(Pbt, pbt_id)
+        if pbt is None or not RunStatus(pbt.status).is_finished():
+            return 0
+        status = pbt.status
+        request = PbtCreate.model_validate(pbt.spec)
+    if status != RunStatus.succeeded.value:
+        store.delete_prefix(pbt_prefix(pbt_id))
+        return -1
+    if settings.pbt_checkpoints == "all":
+        return 0
+    rounds = range(request.interval, request.epochs, request.interval)  # every boundary before the last epoch
+    keys = [member_key(pbt_id, k, epoch) for k in range(request.population) for epoch in rounds]
+    for key in keys:
+        store.delete(key)
+    return len(keys)
 
 
 # --- reading -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from lrlab.models import CurvePoint, Pbt, Run
 from lrlab.pbt import rounds
 from lrlab.pbt.checkpoints import get_checkpoint_store, member_key
 from lrlab.schemas.pbt import PbtCreate
+from lrlab.settings import get_settings
 from tests.conftest import live_workers, start_worker, stop_process, wait_for, wait_run
 
 pytestmark = pytest.mark.service
@@ -40,6 +41,7 @@ FAST = {
     # a message the killed worker had taken but not started is lost with it (the broker gives it back
     # only after its visibility timeout): the reconciler sends such a queued member again after this
     "LRLAB_REDISPATCH_SECONDS": "3",
+    "LRLAB_PBT_CHECKPOINTS": "all",  # the test retrains an epoch from each round's stored checkpoints
 }
 
 
@@ -92,6 +94,8 @@ def test_fused_population_rounds_lineage_schedule_and_replay(api_client: Any, wo
     check_rounds(body, request)
     runs = [api_client.get(f"/v1/runs/{m['run_id']}").json() for m in body["members"]]
     assert all(r["status"] == "succeeded" and r["pack_id"] is not None for r in runs)
+    # the finished population keeps only its members' last checkpoints (LRLAB_PBT_CHECKPOINTS=final)
+    wait_for(lambda: stored_epochs(body["id"]) == {k: [6] for k in range(4)}, 10, "the rounds' checkpoints pruned")
 
     # the same request again: the same population, exactly (same machine, one thread per worker)
     again = wait_pbt(api_client, api_client.post("/v1/pbt", json=request).json()["id"])
@@ -122,6 +126,14 @@ def test_fused_population_rounds_lineage_schedule_and_replay(api_client: Any, wo
     mine = next(p for p in listed if p["id"] == body["id"])
     assert mine["best"] == body["best"] and mine["lineage"] == body["lineage"]
     assert all(m["points"] == [] and m["hyperparameters_by_epoch"] == [] for m in mine["members"])  # light
+
+
+def stored_epochs(pbt_id: str) -> dict[int, list[int]]:
+    """member -> the epochs whose checkpoints the store holds for it."""
+    root = get_settings().data_dir / "checkpoints" / "pbt" / pbt_id
+    if not root.exists():
+        return {}
+    return {int(m.name): sorted(int(e.name) for e in m.iterdir() if e.name.isdigit()) for m in root.iterdir()}
 
 
 def replay_epoch_after_exploit(pbt_id: str, event: dict[str, Any], threads: int = 1) -> dict[str, float]:
@@ -238,3 +250,4 @@ def test_cancelling_one_member_cancels_its_population(api_client: Any, worker: A
     for run_id in created["runs"]:
         run = wait_run(api_client, run_id, timeout=60)
         assert run["status"] == "cancelled" and run["summary"]["epochs_completed"] < 400
+    wait_for(lambda: stored_epochs(created["id"]) == {}, 10, "a cancelled population's checkpoints removed")
