@@ -15,6 +15,7 @@ from lrlab import queue, store
 from lrlab.charts import CHART_METRICS, Series, render_pbt_chart
 from lrlab.models import Pbt
 from lrlab.pbt import rounds
+from lrlab.pbt.checkpoints import get_checkpoint_store
 from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
 
 router = APIRouter(prefix="/v1/pbt", tags=["pbt"])
@@ -82,6 +83,7 @@ def cancel_pbt(pbt: PbtDep, session: SessionDep) -> PbtPublic:
     """Queued and waiting members stop now, training ones after their current epoch."""
     rounds.cancel(session, pbt)
     session.commit()
+    rounds.prune_checkpoints(pbt.id, get_checkpoint_store())  # members still training prune again as they stop
     return rounds.to_public(session, pbt)
 
 

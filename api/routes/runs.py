@@ -15,6 +15,7 @@ from api.quota import check_quota
 from lrlab import analysis, leases, queue, store
 from lrlab.models import Pbt
 from lrlab.pbt import rounds
+from lrlab.pbt.checkpoints import get_checkpoint_store
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -111,5 +112,7 @@ def cancel_run(run: RunDep, session: SessionDep) -> RunPublic:
     else:
         store.request_cancel(session, run)
     session.commit()
+    if pbt is not None:
+        rounds.prune_checkpoints(pbt.id, get_checkpoint_store())
     session.refresh(run)
     return store.to_public(run)
