@@ -336,6 +336,24 @@ def cmd_pbt_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pbt_list(args: argparse.Namespace) -> int:
+    for p in _client(args).pbts(limit=args.limit).data:
+        best = f"member {p.best.member} {p.spec.metric} {p.best.score:.4f}" if p.best else "-"
+        searched = ",".join(p.spec.mutations)
+        print(
+            f"{p.id[:8]}  {p.status.value:<9}  {p.epochs_completed:>4}/{p.spec.epochs:<4}"
+            f"  {p.spec.population} x {searched}  {p.created_at:%Y-%m-%d %H:%M:%S}  {p.name}  {best}"
+        )
+    return 0
+
+
+def cmd_pbt_cancel(args: argparse.Namespace) -> int:
+    pbt = _client(args).cancel_pbt(args.pbt_id)
+    training = sum(m.status.value == "running" for m in pbt.members)
+    print(f"{pbt.id} {pbt.status.value}{f' ({training} members stop at the end of their epoch)' if training else ''}")
+    return 0
+
+
 def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -420,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     pd = remote(pbtsub.add_parser("schedule", help="The discovered schedule as JSON (pipe it to `lrlab submit -`)."))
     pd.add_argument("pbt_id")
     pd.set_defaults(func=cmd_pbt_schedule)
+    pl = remote(pbtsub.add_parser("list", help="Recent populations: status, epochs, what they search, the best."))
+    pl.add_argument("--limit", type=int, default=20)
+    pl.set_defaults(func=cmd_pbt_list)
+    pc = remote(pbtsub.add_parser("cancel", help="Cancel a population (training members stop after their epoch)."))
+    pc.add_argument("pbt_id")
+    pc.set_defaults(func=cmd_pbt_cancel)
 
     db = sub.add_parser("db", help="Database schema (Alembic).")
     dbsub = db.add_subparsers(dest="db_command", required=True)

@@ -278,6 +278,10 @@ def test_cli_pbt_submit_watch_schedule(cli_api: dict[str, str], worker: Any, tmp
     queued_id = cli("pbt", "submit", str(waiting)).stdout.split()[1].rstrip(":")
     early = cli("pbt", "schedule", queued_id)
     assert early.returncode == 2 and "409" in early.stderr
-    Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).cancel_pbt(queued_id)
+    listed = cli("pbt", "list").stdout
+    assert queued_id[:8] in listed and "queued" in listed.splitlines()[0]  # newest first
+    cancelled = cli("pbt", "cancel", queued_id)
+    assert cancelled.returncode == 0 and f"{queued_id} cancelled" in cancelled.stdout
+    assert Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).pbt(queued_id).status.value == "cancelled"
     bad = cli("pbt", "submit", "-", stdin=json.dumps({**TINY_PBT, "population": 1}))
     assert bad.returncode == 2 and "population" in bad.stderr
