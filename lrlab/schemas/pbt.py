@@ -72,6 +72,8 @@ class Choices(Strict):
         return value
 
 
+SCHEDULE_RULE = "must be constant without warmup: the population discovers the schedule"
+
 MUTATION_KINDS: dict[str, type[Strict]] = {"log_uniform": LogUniform, "uniform": Uniform, "choices": Choices}
 
 
@@ -158,6 +160,9 @@ class PbtCreate(Strict):
             raise _invalid(
                 ("base", "epochs"), "set `epochs` at the top level (the population's total)", data["base"]["epochs"]
             )
+        schedule = data.get("base", {}).get("schedule") if isinstance(data, dict) else None
+        if isinstance(schedule, dict) and schedule.get("warmup_epochs"):  # before RunSpec's check against its epochs
+            raise _invalid(("base", "schedule"), SCHEDULE_RULE, schedule)
         return data
 
     @model_validator(mode="after")
@@ -170,7 +175,7 @@ class PbtCreate(Strict):
         if schedule.kind != "constant" or schedule.warmup_epochs:
             raise _invalid(
                 ("base", "schedule"),
-                "must be constant without warmup: the population discovers the schedule",
+                SCHEDULE_RULE,
                 schedule.model_dump(mode="json"),
             )
         if self.base.patience is not None:

@@ -49,6 +49,11 @@ def created(api_client: Any) -> Iterator[list[str]]:
             ["base", "schedule"],
             "without warmup",
         ),
+        (  # past the base's default epochs (5): still the population's rule, not RunSpec's
+            {"base": {"schedule": {"kind": "constant", "warmup_epochs": 7}}, "mutations": LR},
+            ["base", "schedule"],
+            "without warmup",
+        ),
         ({"base": {"patience": 3}, "mutations": LR}, ["base", "patience"], "early stopping"),
         ({"mutations": {"betas": {"uniform": [0.8, 0.9]}}}, ["mutations", "betas"], NOT_ADAM),
         ({"mutations": {"momentum": {"uniform": [0.8, 0.9]}}}, ["mutations", "momentum"], NOT_ADAM),
