@@ -160,7 +160,8 @@ class PbtCreate(Strict):
             raise _invalid(
                 ("base", "epochs"), "set `epochs` at the top level (the population's total)", data["base"]["epochs"]
             )
-        schedule = data.get("base", {}).get("schedule") if isinstance(data, dict) else None
+        base = data.get("base") if isinstance(data, dict) else None
+        schedule = base.get("schedule") if isinstance(base, dict) else None
         if isinstance(schedule, dict) and schedule.get("warmup_epochs"):  # before RunSpec's check against its epochs
             raise _invalid(("base", "schedule"), SCHEDULE_RULE, schedule)
         return data
