@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -189,13 +188,11 @@ def _finish(place: _Place, result: Any) -> None:
         rounds.end_member(run_id)
         rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
         return
-    final: Callable[[], dict[str, Any]] | None = None
-    if place.boundary >= place.request.epochs:
-        final = functools.partial(outcome, run_id, result)
-    recorded, next_round = rounds.reach(run_id, token, place.boundary, final() if final else None)
+    last = place.boundary >= place.request.epochs
+    recorded, next_round = rounds.reach(run_id, token, place.boundary, outcome(run_id, result) if last else None)
     if not recorded:
         log.warning("member run %s: lease lost before its interval was recorded", run_id)
         return
     rounds.dispatch(next_round)
-    if final is not None:  # the last member to end its last epoch finishes the population
+    if last:  # the last member to end its last epoch finishes the population
         rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())

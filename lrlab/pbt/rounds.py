@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ QUEUED, RUNNING = RunStatus.queued.value, RunStatus.running.value
 
 
 class NotFusable(ValueError):
-    pass
+    """`execution: fused` asked for a model the fused engine does not stack."""
 
 
 def mutations(request: PbtCreate) -> dict[str, search.Mutation]:
@@ -185,13 +185,20 @@ def cancel(session: Session, pbt: Pbt) -> None:
     _lock(session, pbt.id)
     if RunStatus(pbt.status).is_finished():
         return
+    pbt.status, pbt.finished_at = RunStatus.cancelled.value, utcnow()
+    _stop_members(session.scalars(select(Run).where(Run.pbt_id == pbt.id)))
+
+
+def _stop_members(runs: Iterable[Run]) -> None:
+    """Every unfinished member: cancelled now when nobody trains it (queued, or waiting between rounds), else
+    asked to stop (its worker ends it after the current epoch)."""
     now = utcnow()
-    pbt.status, pbt.finished_at = RunStatus.cancelled.value, now
-    for run in session.scalars(select(Run).where(Run.pbt_id == pbt.id)):
-        if run.status == RUNNING and run.lease_token is None:  # between rounds: nobody is training it
-            run.status, run.finished_at, run.cancel_requested = RunStatus.cancelled.value, now, True
-        else:
-            store.request_cancel(session, run)
+    for run in runs:
+        if RunStatus(run.status).is_finished():
+            continue
+        if run.lease_token is None:
+            run.status, run.finished_at = RunStatus.cancelled.value, now
+        run.cancel_requested = True
 
 
 def _advance(session: Session, pbt: Pbt) -> Dispatch | None:
@@ -207,12 +214,7 @@ def _advance(session: Session, pbt: Pbt) -> Dispatch | None:
         pbt.status = RunStatus.failed.value if failed else RunStatus.cancelled.value
         pbt.finished_at = utcnow()
         pbt.error = f"member run {failed[0].id} failed: {failed[0].error}" if failed else None
-        cancel_rest = [r for r in runs.values() if not RunStatus(r.status).is_finished()]
-        for run in cancel_rest:
-            if run.lease_token is None:
-                run.status, run.finished_at, run.cancel_requested = RunStatus.cancelled.value, utcnow(), True
-            else:
-                run.cancel_requested = True
+        _stop_members(runs.values())
         return None
     if RunStatus(pbt.status).is_finished():
         return None
@@ -271,8 +273,8 @@ def _scores(session: Session, run_ids: Sequence[str], epoch: int, metric: str) -
     return [found.get(run_id) for run_id in run_ids]
 
 
-def prune_checkpoints(pbt_id: str, store: CheckpointStore, settings: Settings | None = None) -> int:
-    """Once a population is finished, drop what it no longer needs from the store; returns the keys dropped.
+def prune_checkpoints(pbt_id: str, store: CheckpointStore, settings: Settings | None = None) -> None:
+    """Once a population is finished, drop what it no longer needs from the store.
 
     Succeeded: every round's checkpoints but the members' last (all of them with LRLAB_PBT_CHECKPOINTS=all).
     Cancelled or failed: everything (nothing will resume). Running or queued: nothing.
@@ -281,19 +283,15 @@ def prune_checkpoints(pbt_id: str, store: CheckpointStore, settings: Settings | 
     with session_scope() as session:
         pbt = session.get(Pbt, pbt_id)
         if pbt is None or not RunStatus(pbt.status).is_finished():
-            return 0
+            return
         status = pbt.status
         request = PbtCreate.model_validate(pbt.spec)
     if status != RunStatus.succeeded.value:
         store.delete_prefix(pbt_prefix(pbt_id))
-        return -1
-    if settings.pbt_checkpoints == "all":
-        return 0
-    rounds = range(request.interval, request.epochs, request.interval)  # every boundary before the last epoch
-    keys = [member_key(pbt_id, k, epoch) for k in range(request.population) for epoch in rounds]
-    for key in keys:
-        store.delete(key)
-    return len(keys)
+    elif settings.pbt_checkpoints == "final":
+        for epoch in range(request.interval, request.epochs, request.interval):  # every boundary before the last
+            for k in range(request.population):
+                store.delete(member_key(pbt_id, k, epoch))
 
 
 # --- reading -----------------------------------------------------------------------------------------

@@ -146,7 +146,8 @@ def _fit(
     with _default_dtype(dtype):
         model = build_model(first.model, data.input_shape, data.n_classes)
     samples = (len(data.y_train) + len(data.y_val)) * int(torch.Size(data.input_shape).numel())
-    per_member = max(memory.member_bytes(configs[i], model, data.input_shape, dtype) for i in group)
+    # a group shares its optimizer kind and batch size (plan_groups): one member's estimate is everyone's
+    per_member = memory.member_bytes(first, model, data.input_shape, dtype)
     per_member += samples * torch.empty((), dtype=dtype).element_size()  # at worst a split of its own
     chunks = memory.split(group, per_member, budget)
     if len(chunks) > 1:
