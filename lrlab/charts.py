@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 CHART_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "lr")
@@ -28,6 +29,8 @@ Format = Literal["svg", "png"]
 FIGSIZE = (8.0, 5.0)  # inches; PNGs are 800 x 500 pixels at DPI
 DPI = 100
 LINE_STYLES = ("-", "--", ":", "-.")
+TITLE_CHARS = 90  # longer titles and legend labels are cut with an ellipsis
+LABEL_CHARS = 60
 MARGIN = 0.05  # of the data range, above and below
 LOSS_CAP = 10.0  # a loss axis stops at this many times the largest first-epoch loss
 LR_FINDER_CAP = 4.0  # ... an lr-finder axis at this many times the minimum smoothed loss (or the first loss)
@@ -103,6 +106,28 @@ def lr_finder_limits(points: Sequence[Mapping[str, Any]]) -> tuple[float, float]
     caps += [losses[0]] if losses else []
     lo, hi = min(values), min(max(values), max(caps))
     return _pad(lo, max(hi, lo), False)
+
+
+def elide(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, the last one an ellipsis when anything was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _as_typed(*axes: Axes) -> None:
+    """Draw the titles and legend entries (names users chose) as the characters they typed, cut to fit.
+
+    matplotlib reads text between two `$` as mathtext: `$\\foo$` raises, a deep `\\sqrt{` nest recurses past
+    the stack, and `cost $5 and $6` is silently typeset. Tick labels keep mathtext (log axes write 10^k with it).
+    A 200-character name would squeeze the axes to nothing, so long ones are cut.
+    """
+    for ax in axes:
+        texts = [(ax.title, TITLE_CHARS)]
+        if (legend := ax.get_legend()) is not None:
+            texts += [(t, LABEL_CHARS) for t in legend.get_texts()]
+        for text, limit in texts:
+            text.set_usetex(False)
+            text.set_parse_math(False)
+            text.set_text(elide(text.get_text(), limit))
 
 
 def _check(metric: str | None, fmt: str | None, log_scale: bool = False) -> None:
@@ -185,6 +210,7 @@ def draw_runs_chart(
         ax.legend(loc="best", fontsize="small")
     if title:
         ax.set_title(title)
+    _as_typed(ax)
     return fig
 
 
@@ -217,6 +243,7 @@ def draw_lr_finder_chart(
     ax.legend(loc="best", fontsize="small")
     if title:
         ax.set_title(title)
+    _as_typed(ax)
     return fig
 
 
@@ -320,6 +347,7 @@ def draw_pbt_chart(
     bottom.set_xlabel("epoch")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.grid(True, alpha=0.3)
+    _as_typed(top, bottom)
     return fig
 
 

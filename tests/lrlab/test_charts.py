@@ -15,13 +15,18 @@ from PIL import Image
 
 from lrlab.charts import (
     CHART_METRICS,
+    LABEL_CHARS,
     LOSS_CAP,
+    TITLE_CHARS,
     Series,
     draw_lr_finder_chart,
+    draw_pbt_chart,
     draw_runs_chart,
+    elide,
     loss_limits,
     lr_finder_limits,
     render_lr_finder_chart,
+    render_pbt_chart,
     render_runs_chart,
 )
 
@@ -199,3 +204,50 @@ def test_import_charts_and_analysis_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# Names users chose: matplotlib would read each as mathtext (an error, a recursion past the stack, a typeset "5 and").
+USER_TEXT = [r"$\foo$", "$" + r"\sqrt{" * 22 + "x" + "}" * 22 + "$", "cost $5 and $6", r"a\$b $ c"]
+
+
+def drawn_texts(fig: Any) -> list[str]:
+    """Every text element of the figure as an SVG with real <text> (not glyph paths) would hold it."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    out = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(out, format="svg")
+    root = ET.fromstring(out.getvalue())
+    return ["".join(el.itertext()) for el in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+@pytest.mark.parametrize("text", USER_TEXT)
+def test_draw_charts_user_text_as_typed(text: str) -> None:
+    title, label = elide(text, TITLE_CHARS), elide(text, LABEL_CHARS)  # the nest of roots is cut to fit
+    runs = draw_runs_chart([Series(text, "succeeded", curve(4))], "val_loss", log_scale=True, title=text)
+    assert title in drawn_texts(runs) and label in drawn_texts(runs)  # character for character
+    pbt = draw_pbt_chart([Series(text, "succeeded", curve(4))], "val_accuracy", [(1, 0.1), (2, 0.01)], [], title=text)
+    assert title in drawn_texts(pbt) and label in drawn_texts(pbt)
+    finder = draw_lr_finder_chart(sweep(), 3e-3, title=text)
+    assert title in drawn_texts(finder)
+
+
+def test_elide_cuts_long_text_with_an_ellipsis() -> None:
+    assert elide("short", 10) == "short" and elide("x" * 10, 10) == "x" * 10
+    assert elide("abcdefghijk", 5) == "abcd\u2026"
+
+
+@pytest.mark.parametrize("fmt", ["svg", "png"])
+@pytest.mark.parametrize("text", USER_TEXT)
+def test_render_charts_user_text_never_raises(text: str, fmt: str) -> None:
+    series = [Series(text, "succeeded", curve(4)), Series(text, "diverged", diverged_curve(), diverged_at=6)]
+    outputs = [
+        render_runs_chart(series, "val_loss", fmt=fmt, title=text),  # type: ignore[arg-type]
+        render_runs_chart(series, "lr", fmt=fmt, log_scale=True, title=text),  # type: ignore[arg-type]
+        render_pbt_chart(series, "val_loss", [(1, 0.1), (3, 0.01)], [(2, 1)], fmt=fmt, title=text),  # type: ignore[arg-type]
+        render_lr_finder_chart(sweep(), 3e-3, fmt=fmt, title=text),  # type: ignore[arg-type]
+    ]
+    for body in outputs:
+        assert body.startswith(PNG_SIGNATURE) if fmt == "png" else ET.fromstring(body).tag.endswith("svg")
