@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with run_id.")
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="When set, /metrics (totals across every owner) answers only `Authorization: Bearer <this>`.",
+    )
 
     @field_validator("database_url", "broker_url")
     @classmethod
