@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from trainer.config import RunConfig
 from trainer.data import load_dataset
+from trainer.divergence import DivergenceTracker, chance_of
 from trainer.models import build_model, count_parameters
 from trainer.optim import build_optimizer
 from trainer.schedules import lr_at, validate_schedule
@@ -63,37 +64,6 @@ class Checkpoint:
     best_val_loss: float
     epochs_without_improvement: int
     points: list[dict[str, Any]]  # the curve so far, so a resumed result holds every epoch
-
-
-@dataclass
-class DivergenceTracker:
-    """Flags a non-finite loss, or an EMA-smoothed loss above factor x the first batch's loss."""
-
-    factor: float
-    smoothing: float
-    initial: float | None = None
-    smoothed: float | None = None
-    steps: int = 0
-
-    def update(self, loss: float) -> str | None:
-        """Record one training step's loss; return why the run diverged, or None."""
-        self.steps += 1
-        if not math.isfinite(loss):
-            return f"loss became {loss} at step {self.steps}"
-        if self.initial is None or self.smoothed is None:
-            self.initial = self.smoothed = loss
-        else:
-            # a single noisy batch should not end a run; a sustained climb should
-            self.smoothed = self.smoothing * self.smoothed + (1 - self.smoothing) * loss
-        if self.smoothed > self.factor * self.initial:
-            return (
-                f"smoothed loss {self.smoothed:.3g} exceeded {self.factor:g} x initial loss {self.initial:.3g}"
-                f" at step {self.steps}"
-            )
-        return None
-
-    def state(self) -> dict[str, Any]:
-        return {"initial": self.initial, "smoothed": self.smoothed, "steps": self.steps}
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -177,7 +147,9 @@ def train(
     n_parameters = count_parameters(model)
     # data order has its own generator: same seed, same batches, whatever the model draws at init
     order = torch.Generator().manual_seed(config.seed)
-    tracker = DivergenceTracker(config.divergence.factor, config.divergence.smoothing)
+    tracker = DivergenceTracker(
+        config.divergence.factor, config.divergence.smoothing, chance_of(data.y_train, data.n_classes)
+    )
     best_val_loss, stale_epochs = math.inf, 0
     points: list[EpochPoint] = []
     first_epoch = 1
@@ -195,6 +167,7 @@ def train(
             setattr(tracker, key, value)
         best_val_loss, stale_epochs = start.best_val_loss, start.epochs_without_improvement
         points = [EpochPoint(**p) for p in start.points]
+        tracker.replay(points)
         first_epoch = start.epoch + 1
         logger.info("resuming from epoch %d", start.epoch)
 
@@ -230,6 +203,8 @@ def train(
         train_loss, train_accuracy = loss_sum.item() / seen, correct.item() / seen
         point = EpochPoint(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - t_epoch)
         points.append(point)
+        if reason is None and config.divergence.enabled:
+            reason = tracker.end_epoch(val_loss, val_accuracy)
         logger.info(
             "epoch %d: lr %.3g train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.2fs)",
             epoch,

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from trainer.config import RunConfig
 from trainer.data import Dataset, load_dataset
-from trainer.loop import Checkpoint, DivergenceTracker, EpochPoint, resolve_device
+from trainer.divergence import DivergenceTracker, chance_of
+from trainer.loop import Checkpoint, EpochPoint, resolve_device
 from trainer.models import build_model, count_parameters
 from trainer.optim import build_optimizer
 from trainer.population import memory
@@ -196,6 +197,11 @@ class _GroupRun:
         self.x_val = torch.cat([d.x_val for d in splits]).to(device, dtype)  # (S * N_val, *input_shape)
         self.y_val = torch.cat([d.y_val for d in splits]).to(device)  # (S * N_val,)
         self.slot = torch.tensor([seeds.index(m.config.data_seed) for m in members], device=device)  # (K,)
+        for m in members:  # the collapse rule scores each member against chance on its own split
+            if m.tracker is not None:
+                split = splits[seeds.index(m.config.data_seed)]
+                m.tracker.chance = chance_of(split.y_train, split.n_classes)
+                m.tracker.replay(m.points)
 
         # models: member k's initial weights are what trainer.train builds after manual_seed(seed_k)
         models = []
@@ -315,6 +321,8 @@ class _GroupRun:
         """The member's result if this epoch ended it, else None; the same order of checks as trainer.train."""
         config = m.config
         logger.debug("member %d epoch %d: %s", m.index, epoch, point)
+        if m.reason is None and m.tracker is not None:
+            m.reason = m.tracker.end_epoch(point.val_loss, point.val_accuracy)
         if m.reason is not None:
             logger.warning("member %d diverged in epoch %d: %s", m.index, epoch, m.reason)
             return MemberResult("diverged", m.points, epoch, m.reason, False, self.n_parameters)
