@@ -86,8 +86,9 @@ def _cosine(params: dict[str, Any], base: float, e: int, epochs: int) -> float:
     eta_min = _number(params, "eta_min", 0.0)
     if eta_min < 0:
         raise ValueError(f"Invalid eta_min: {eta_min}")
-    # annealed to eta_min over t_max epochs, then held there
-    return eta_min + (base - eta_min) * (1 + math.cos(math.pi * min(e, t_max) / t_max)) / 2
+    # torch's CosineAnnealingLR: its recursive steps follow this closed form for every e, so past t_max the
+    # lr climbs back to base at 2 t_max and repeats with period 2 t_max (it does not hold eta_min)
+    return eta_min + (base - eta_min) * (1 + math.cos(math.pi * e / t_max)) / 2
 
 
 SCHEDULES: dict[str, Schedule] = {

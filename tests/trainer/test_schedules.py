@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -81,12 +82,26 @@ def test_lr_at_matches_torch_scheduler(schedule: ScheduleConfig, make: Callable[
     assert sequence(schedule, 0.2, 10) == pytest.approx(torch_sequence(make, 0.2, 10), rel=1e-9, abs=1e-15)
 
 
-def test_lr_at_cosine_holds_eta_min_after_t_max() -> None:
-    # unlike torch's CosineAnnealingLR, which climbs back up after T_max
-    lrs = sequence(ScheduleConfig("cosine", {"t_max": 4, "eta_min": 0.1}), 1.0, 8)
-    assert lrs[0] == 1.0
-    assert lrs[2] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * 2 / 4)) / 2)
-    assert lrs[4:] == pytest.approx([0.1] * 4)
+def test_lr_at_cosine_past_t_max_matches_torch() -> None:
+    # past t_max torch's CosineAnnealingLR climbs back (0.0122 in epoch 12 here) and repeats every 2 t_max
+    schedule = ScheduleConfig("cosine", {"t_max": 10, "eta_min": 0.01})
+    make = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=10, eta_min=0.01)
+    lrs = sequence(schedule, 0.1, 65)
+    assert lrs == pytest.approx(torch_sequence(make, 0.1, 65), rel=1e-9)
+    assert lrs[11] == pytest.approx(0.0122, abs=1e-4) and lrs[20] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("warmup", [2, 3])
+def test_lr_at_warmup_cosine_past_t_max_matches_torch(warmup: int) -> None:
+    # warmup w: torch's LinearLR from 1/w to 1 over w epochs, then CosineAnnealingLR from its own epoch 0
+    def make(o: torch.optim.Optimizer) -> Any:
+        ramp = torch.optim.lr_scheduler.LinearLR(o, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=0.01)
+        return torch.optim.lr_scheduler.SequentialLR(o, [ramp, cosine], milestones=[warmup])
+
+    schedule = ScheduleConfig("cosine", {"t_max": 4, "eta_min": 0.01}, warmup_epochs=warmup)
+    assert sequence(schedule, 0.1, 40) == pytest.approx(torch_sequence(make, 0.1, 40), rel=1e-9)
 
 
 def test_lr_at_warmup_ramps_then_runs_schedule() -> None:
