@@ -249,8 +249,17 @@ class ExponentialSchedule(Strict):
 
 
 class CosineSchedule(Strict):
+    """torch's CosineAnnealingLR stepped once per epoch: after e epochs of the schedule the lr is
+    eta_min + (lr - eta_min)(1 + cos(pi e / t_max)) / 2. Past t_max it climbs back (as torch's does), to lr at
+    2 t_max, and repeats; it does not hold eta_min."""
+
     kind: Literal["cosine"]
-    t_max: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="Period in epochs; default the run's epochs.")
+    t_max: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs from lr down to eta_min (half the period); default the run's epochs after warmup.",
+    )
     eta_min: float = Field(0.0, ge=0, le=MAX_LR, allow_inf_nan=False)
     warmup_epochs: Warmup = 0
 
@@ -273,7 +282,12 @@ SCHEDULE_SCHEMAS: dict[str, type[BaseModel]] = {
 
 
 class DivergenceSpec(Strict):
-    """Checked every step: a non-finite loss, or a smoothed loss above `factor` x the first loss, stops the run."""
+    """A run stops as `diverged` when (every step) its loss is NaN/inf or its smoothed training loss exceeds
+    `factor` x the first loss, or when (after each epoch) it has collapsed back towards chance: it had learned
+    (best val accuracy at least a tenth of the way from chance to 1), then for 2 epochs in a row both val
+    accuracy and val loss kept less than half of their best gain over chance (chance: predicting the training
+    labels' frequencies). One bad epoch that recovers, or overfitting (val loss up, accuracy held), is not
+    a divergence."""
 
     enabled: bool = True
     factor: float = Field(4.0, gt=1, le=1e6, allow_inf_nan=False)
