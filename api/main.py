@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import errors
 from api.events import EventHub
@@ -27,6 +28,7 @@ from api.routes import (
 from lrlab import __version__
 from lrlab.settings import get_settings
 
+DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's scripts and styles
 DESCRIPTION = """
 Learning-rate and optimizer experiments: submit runs, grids and lr range tests; get curves, comparisons
 and charts.
@@ -56,7 +58,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="lrlab", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, not a CDN: they work offline.
+    app = FastAPIOffline(
+        title="lrlab",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        favicon_url="/static/icon.svg",
+        static_url=DOCS_ASSETS,
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

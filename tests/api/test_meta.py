@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -53,3 +54,19 @@ def test_openapi_shows_bounds_and_each_optimizer(api_client: Any) -> None:
         assert name in comps
     assert "/v1/runs/{run_id}/curves" in schema["paths"]
     assert api_client.get("/docs").status_code == 200
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_name_no_outside_host(api_client: Any, page: str) -> None:
+    """Swagger UI and ReDoc come from the api itself (fastapi-offline's copies): the pages work offline."""
+    resp = api_client.get(page, headers={"Authorization": ""})  # no key needed to read the docs
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    html = resp.text
+    assert "http://" not in html and "https://" not in html
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(assets) >= (3 if page == "/docs" else 2)  # script (+ stylesheet) and the favicon
+    for url in assets:
+        asset = api_client.get(url, headers={"Authorization": ""})
+        assert url.startswith("/") and not url.startswith("//"), url  # this host, not a protocol-relative CDN
+        assert asset.status_code == 200 and len(asset.content) > 100, url
