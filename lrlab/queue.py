@@ -68,6 +68,30 @@ def has_live_gpu_worker(session: Session, settings: Settings | None = None) -> b
     return found is not None
 
 
+def live_queues(session: Session, settings: Settings | None = None) -> frozenset[str]:
+    """The queues some worker with a fresh heartbeat serves right now."""
+    settings = settings or get_settings()
+    fresh = utcnow() - timedelta(seconds=settings.heartbeat_ttl_seconds)
+    rows = session.scalars(select(WorkerHeartbeat.queues).where(WorkerHeartbeat.last_seen_at >= fresh))
+    return frozenset(name for row in rows for name in row.split(",") if name)
+
+
+def waiting_reason(queue_name: str, live: frozenset[str]) -> str | None:
+    """Why a run queued on `queue_name` is not picked up, or None when a live worker serves that queue."""
+    if queue_name in live:
+        return None
+    if queue_name == GPU_QUEUE:
+        return (
+            "no live GPU worker: the run waits on the gpu queue until a worker serving it starts"
+            " (`lrlab worker --queues gpu` on a machine with a GPU); to train on a CPU instead, cancel it and"
+            ' submit it again with "device": "cpu" or "auto"'
+        )
+    return (
+        f"no live worker serves the {queue_name} queue: the run waits until one starts"
+        f" (`lrlab worker --queues {queue_name}`, or `lrlab up`)"
+    )
+
+
 def choose_queue(session: Session, device: str) -> str:
     """`cuda` always waits for a GPU worker; `auto` takes one only if a GPU worker is alive now."""
     if device == "cuda":

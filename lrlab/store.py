@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, Select, and_, bindparam, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
+from lrlab import queue
 from lrlab.models import LOCAL_OWNER, CurvePoint, Run, utcnow
 from lrlab.schemas import RunPublic, RunSpec, RunStatus, RunSummary
 
@@ -61,7 +63,24 @@ def to_public(run: Run) -> RunPublic:
         error=run.error,
         summary=RunSummary.model_validate(run.summary) if run.summary is not None else None,
         cancel_requested=run.cancel_requested,
+        waiting_reason=_waiting_reason(run),
     )
+
+
+_LIVE_QUEUES = "lrlab.live_queues"
+LIVE_QUEUES_SECONDS = 1.0  # a page of runs reads the heartbeats once, not once per run
+
+
+def _waiting_reason(run: Run) -> str | None:
+    """Why a queued run waits (no live worker serves its queue), read from the heartbeats of its own session."""
+    session = object_session(run)
+    if run.status != RunStatus.queued.value or session is None:
+        return None
+    now = time.monotonic()
+    cached = session.info.get(_LIVE_QUEUES)
+    if cached is None or now - cached[0] > LIVE_QUEUES_SECONDS:
+        cached = session.info[_LIVE_QUEUES] = (now, queue.live_queues(session))
+    return queue.waiting_reason(run.queue, cached[1])
 
 
 # --- cursor pagination, newest first ------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import { forgetKey, showKeyState } from "./api.js";
 import { comparePage, experimentPage } from "./compare.js";
+import { datasetPage } from "./datasets.js";
 import { errorBox, h } from "./dom.js";
 import { homePage } from "./home.js";
 import { lrFinderPage } from "./lrfinder.js";
@@ -15,6 +16,7 @@ const ROUTES = [
   [/^\/compare$/, (app) => comparePage(app, (new URLSearchParams(location.search).get("runs") || "").split(",").filter(Boolean))],
   [/^\/lr-finder\/([^/]+)$/, (app, id) => lrFinderPage(app, id)],
   [/^\/pbt\/([^/]+)$/, (app, id) => pbtPage(app, id)],
+  [/^\/datasets\/([^/]+)$/, (app, id) => datasetPage(app, id)],
 ];
 
 async function main() {

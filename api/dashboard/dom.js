@@ -1,6 +1,7 @@
 // DOM and formatting helpers shared by the pages. Text always goes in as text nodes, never as HTML:
 // labels and experiment names come from users.
 
+import { api } from "./api.js";
 import { formatNumber } from "./chart.js";
 
 /** h("a", { href, class: "x", dataset: { role: "y" }, onclick }, child, "text", ...) */
@@ -41,10 +42,38 @@ export function statusBadge(status) {
   return h("span", { class: `badge status-${status}`, dataset: { role: "status" } }, status);
 }
 
-/** "adam lr=0.001 · digits · mlp" for a run spec. */
+/** "adam lr=0.001 · digits · mlp" for a run spec, as children for h() (an upload's name is a link). */
 export function describeSpec(spec) {
-  const dataset = spec.dataset.name || `file:${spec.dataset.path}`;
-  return `${spec.optimizer.name} lr=${fmt(spec.optimizer.lr)} · ${dataset} · ${spec.model.name}`;
+  return [`${spec.optimizer.name} lr=${fmt(spec.optimizer.lr)} · `, datasetRef(spec.dataset), ` · ${spec.model.name}`];
+}
+
+const uploadNames = new Map(); // upload id -> Promise of its name (null once deleted), one call per id and page
+
+function uploadName(id) {
+  if (!uploadNames.has(id)) {
+    uploadNames.set(id, api(`/v1/datasets/${encodeURIComponent(id)}`).then(
+      (dataset) => dataset.name,
+      (error) => (error.status === 404 ? null : undefined),
+    ));
+  }
+  return uploadNames.get(id);
+}
+
+/**
+ * A spec's dataset: a built-in by name, a file as file:<path>, an upload by its name (fetched; its short id
+ * until then) linked to the dataset's page.
+ */
+export function datasetRef(ref) {
+  if (ref.name) return ref.name;
+  if (ref.path) return `file:${ref.path}`;
+  if (!ref.id) return "–";
+  const link = h("a", { href: `/datasets/${encodeURIComponent(ref.id)}`, dataset: { role: "dataset", datasetId: ref.id } },
+    `upload ${shortId(ref.id)}`);
+  uploadName(ref.id).then((name) => {
+    if (name) link.textContent = name;
+    else if (name === null) link.textContent = `upload ${shortId(ref.id)} (deleted)`;
+  });
+  return link;
 }
 
 /** A definition list of key → value pairs, skipping empty values. */

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import {
-  FINISHED, STATUSES, describeSpec, errorBox, fmt, h, pct, setTitle, shortId, statusBadge, when,
+  FINISHED, STATUSES, datasetRef, describeSpec, errorBox, fmt, h, pct, setTitle, shortId, statusBadge, when,
 } from "./dom.js";
 
 const REFRESH_MS = 4000;
@@ -165,7 +165,7 @@ function findersTable(jobs) {
       h("tr", {},
         h("td", {}, h("a", { href: `/lr-finder/${j.id}`, class: "mono" }, shortId(j.id))),
         h("td", {}, statusBadge(j.status)),
-        h("td", {}, `${j.spec.optimizer.name} · ${j.spec.dataset.name || j.spec.dataset.path} · ${j.spec.steps} steps`),
+        h("td", {}, `${j.spec.optimizer.name} · `, datasetRef(j.spec.dataset), ` · ${j.spec.steps} steps`),
         h("td", { class: "num" }, fmt(j.suggested_lr)),
         h("td", {}, when(j.created_at)),
       ))),

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
-import { FINISHED, facts, fmt, h, params, setTitle, shortId, sleep, statusBadge } from "./dom.js";
+import { FINISHED, datasetRef, facts, fmt, h, params, setTitle, shortId, sleep, statusBadge } from "./dom.js";
 
 const POLL_MS = 1000;
 
@@ -30,7 +30,8 @@ function render(job, header, side, chart) {
   header.replaceChildren(
     h("h1", {}, "LR range test ", h("span", { class: "mono" }, shortId(job.id)), " ", statusBadge(job.status)),
     h("p", { class: "subtitle" },
-      `${spec.optimizer.name} on ${spec.dataset.name || spec.dataset.path} · ${spec.model.name} · lr ${fmt(spec.min_lr)} → ${fmt(spec.max_lr)} over ${spec.steps} steps`),
+      `${spec.optimizer.name} on `, datasetRef(spec.dataset),
+      ` · ${spec.model.name} · lr ${fmt(spec.min_lr)} → ${fmt(spec.max_lr)} over ${spec.steps} steps`),
   );
   const series = [
     { id: "loss", label: "loss", metric: "loss", color: PALETTE[5], points: job.points.map((p) => ({ x: p.lr, y: p.loss })) },

@@ -4,7 +4,9 @@
 
 import { ApiError, api } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
-import { FINISHED, errorBox, facts, fmt, h, params, pct, setTitle, shortId, sleep, statusBadge, when } from "./dom.js";
+import {
+  FINISHED, datasetRef, errorBox, facts, fmt, h, params, pct, setTitle, shortId, sleep, statusBadge, when,
+} from "./dom.js";
 
 const POLL_MS = 1000;
 const CURVES = ["val_accuracy", "val_loss", "train_accuracy", "train_loss"];
@@ -69,7 +71,7 @@ export async function pbtPage(app, id) {
     header.replaceChildren(
       h("h1", {}, "Population ", h("span", { class: "mono" }, shortId(pbt.id)), " ", statusBadge(pbt.status)),
       h("p", { class: "subtitle" }, `${pbt.name} · ${spec.population} members · `,
-        `${spec.base.optimizer.name} on ${spec.base.dataset.name || spec.base.dataset.path} · ${spec.base.model.name}`),
+        `${spec.base.optimizer.name} on `, datasetRef(spec.base.dataset), ` · ${spec.base.model.name}`),
       FINISHED.has(pbt.status)
         ? ""
         : h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel population"),
@@ -230,7 +232,7 @@ function settingsFacts(pbt) {
     ["resampled with p", fmt(spec.resample_probability)],
     ["seed", spec.seed],
     ["execution", pbt.execution],
-    ["dataset", base.dataset.name || `file:${base.dataset.path}`],
+    ["dataset", datasetRef(base.dataset)],
     ["model", `${base.model.name} ${params(base.model)}`],
     ["optimizer", `${base.optimizer.name} ${params(base.optimizer)}`],
     ["batch size", base.batch_size],

@@ -4,10 +4,11 @@
 import { ApiError, api, streamEvents } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
 import {
-  FINISHED, describeSpec, errorBox, facts, fmt, h, params, pct, setTitle, shortId, sleep, statusBadge,
+  FINISHED, datasetRef, describeSpec, errorBox, facts, fmt, h, params, pct, setTitle, shortId, sleep, statusBadge,
 } from "./dom.js";
 
 const RETRY_MS = 2000;
+const WAITING_POLL_MS = 3000;
 
 export async function runPage(app, id) {
   let run = await api(`/v1/runs/${id}`);
@@ -73,6 +74,10 @@ export async function runPage(app, id) {
       h("h1", {}, "Run ", h("span", { class: "mono" }, shortId(run.id)), " ", statusBadge(run.status)),
       h("p", { class: "subtitle" }, run.label || describeSpec(run.spec),
         run.experiment_id && [" · ", h("a", { href: `/experiments/${run.experiment_id}` }, "its experiment")]),
+      run.status === "queued" && run.waiting_reason
+        ? h("p", { class: "waiting", role: "status", dataset: { role: "waiting" } },
+            h("strong", {}, "Waiting: "), run.waiting_reason)
+        : "",
       FINISHED.has(run.status)
         ? ""
         : h("button", { type: "button", class: "secondary", onclick: cancel, disabled: run.cancel_requested },
@@ -80,7 +85,7 @@ export async function runPage(app, id) {
     );
     const s = run.spec;
     spec.replaceChildren(h("h3", {}, "Spec"), facts([
-      ["dataset", s.dataset.name || `file:${s.dataset.path}`],
+      ["dataset", datasetRef(s.dataset)],
       ["model", `${s.model.name} ${params(s.model)}`],
       ["optimizer", `${s.optimizer.name} ${params(s.optimizer)}`],
       ["schedule", `${s.schedule.kind} ${params(s.schedule)}`],
@@ -103,8 +108,21 @@ export async function runPage(app, id) {
     }
   }
 
+  // While queued, the reason it waits (no live worker for its queue) can come and go: look again now and then.
+  async function watchWaiting() {
+    while (run.status === "queued") {
+      await sleep(WAITING_POLL_MS);
+      const fresh = await api(`/v1/runs/${id}`).catch(() => null);
+      if (fresh && run.status === "queued" && fresh.waiting_reason !== run.waiting_reason) {
+        run = { ...run, waiting_reason: fresh.waiting_reason };
+        describe();
+      }
+    }
+  }
+
   describe();
   draw();
+  watchWaiting();
   // The stream sends the points stored so far, then each new one, and ends when the run ends; a dropped
   // connection is reopened.
   let streamed = false;

@@ -15,7 +15,15 @@ from api.errors import ApiError
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 # The pages hold no data, so they need no key; the script's calls to /v1 carry it.
-PAGES = ("/", "/runs/{run_id}", "/experiments/{experiment_id}", "/compare", "/lr-finder/{job_id}", "/pbt/{pbt_id}")
+PAGES = (
+    "/",
+    "/runs/{run_id}",
+    "/experiments/{experiment_id}",
+    "/compare",
+    "/lr-finder/{job_id}",
+    "/pbt/{pbt_id}",
+    "/datasets/{dataset_id}",
+)
 # Revalidate on every load (the ETag makes that a 304), so a new release is never mixed with a cached script.
 NO_CACHE = {"Cache-Control": "no-cache"}
 

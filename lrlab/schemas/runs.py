@@ -72,6 +72,14 @@ class RunPublic(BaseModel):
     error: str | None
     summary: RunSummary | None
     cancel_requested: bool = False
+    waiting_reason: str | None = Field(
+        None,
+        description=(
+            "Why a queued run is not being picked up: no live worker (heartbeat within LRLAB_HEARTBEAT_TTL_SECONDS)"
+            " serves its queue, e.g. `device: cuda` with no GPU worker. Null when a worker is there or the run is"
+            " not queued."
+        ),
+    )
 
 
 class RunsPublic(BaseModel):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,6 +414,123 @@ def test_key_prompt_stores_the_key_and_sends_it_on_every_call(tmp_path: Path, pa
         assert stream.value.headers.get("authorization") == f"Bearer {key}"
         page.wait_for_selector("h1 [data-role=status]")
         assert _status(page) == "queued" and prompt.is_hidden()
+        # no worker at all here: the page says so rather than waiting silently
+        assert "no live worker serves the cpu queue" in page.locator("[data-role=waiting]").inner_text()
     finally:
         page.goto("about:blank")  # close the open stream first: uvicorn waits for it before exiting
         stop_process(proc)
+
+
+def _offline(page: Any) -> list[str]:
+    """Abort every request that leaves this machine, as on a cluster without internet; returns what was tried."""
+    tried: list[str] = []
+
+    def handle(route: Any) -> None:
+        host = urllib.parse.urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            tried.append(route.request.url)
+            route.abort()
+
+    page.context.route("**/*", handle)
+    return tried
+
+
+def test_api_docs_render_offline(up: str, page: Any) -> None:
+    tried = _offline(page)
+    page.goto(f"{up}/docs")
+    operations = page.locator(".opblock-summary-path")
+    operations.first.wait_for(timeout=30_000)
+    paths = {p.strip().replace("\u200b", "") for p in operations.all_inner_texts()}
+    assert {"/v1/runs", "/v1/runs/{run_id}", "/v1/experiments", "/metrics"} <= paths, sorted(paths)
+    page.locator(".opblock-summary", has_text="/v1/runs/{run_id}/curves").first.click()  # an operation opens
+    page.locator(".opblock-body .parameters").first.wait_for()
+    assert tried == []  # Swagger UI asked nothing of a CDN or a validator
+
+    page.goto(f"{up}/redoc")
+    page.get_by_role("heading", name=re.compile(r"^lrlab")).first.wait_for(timeout=30_000)
+    menu = page.locator("[role=menuitem]")
+    assert menu.count() > 10
+    assert page.get_by_text("/v1/runs/{run_id}/curves").count() >= 1
+    # ReDoc asked no CDN or font host; its bundle hard-codes only the "API docs by Redocly" footer logo, an
+    # <img> that removes itself when it cannot load.
+    assert set(tried) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, tried
+
+
+def _upload(base: str, name: str, data: bytes) -> dict[str, Any]:
+    import httpx
+
+    resp = httpx.post(f"{base}/v1/datasets", files={"file": ("toy.npz", data)}, data={"name": name}, timeout=30)
+    assert resp.status_code in (200, 201), resp.text
+    found: dict[str, Any] = resp.json()
+    return found
+
+
+def test_upload_dataset_shown_by_name_and_linked(up: str, page: Any) -> None:
+    from tests.api.test_datasets import toy_npz
+
+    name = "toy <b>blobs</b> $5"  # shown as typed: text, never HTML
+    dataset = _upload(up, name, toy_npz(seed=7))
+    status, run = _http("POST", f"{up}/v1/runs", {"dataset": {"id": dataset["id"]}, "epochs": 1})
+    assert status == 202, run
+    page.goto(f"{up}/runs/{run['id']}")
+    link = page.locator(".side [data-role=dataset]")
+    page.wait_for_function(
+        "name => document.querySelector('.side [data-role=dataset]')?.textContent === name", arg=name
+    )
+    assert link.get_attribute("href") == f"/datasets/{dataset['id']}"
+    assert page.locator(".page-head [data-role=dataset]").inner_text() == name  # the subtitle names it too
+    assert "file:null" not in page.locator("#app").inner_text()
+
+    page.goto(f"{up}/")
+    row = page.locator(f"[data-role=runs] tr[data-run-id='{run['id']}']")
+    row.wait_for()
+    page.wait_for_function(
+        "([id, name]) => document.querySelector(`tr[data-run-id='${id}'] [data-role=dataset]`)?.textContent === name",
+        arg=[run["id"], name],
+    )
+    row.locator("[data-role=dataset]").click()  # the link opens the dataset's page: what it holds, runs on it
+    page.wait_for_url(f"{up}/datasets/{dataset['id']}")
+    assert page.locator("[data-role=dataset-name]").inner_text() == name
+    page.locator(f"[data-role=runs] tr[data-run-id='{run['id']}']").wait_for()
+    assert "120" in page.locator(".side").inner_text()  # samples
+    assert page.locator("[data-role=dataset-json]").get_attribute("href") == f"/v1/datasets/{dataset['id']}"
+
+    pbt_id = _submit_pbt(up, {**PBT, "population": 2, "base": {**PBT["base"], "dataset": {"id": dataset["id"]}}})
+    try:
+        page.goto(f"{up}/pbt/{pbt_id}")
+        page.wait_for_function(
+            "name => [...document.querySelectorAll('[data-role=dataset]')].filter((a) => a.textContent === name)"
+            ".length === 2",
+            arg=name,
+        )  # in the subtitle and the settings
+        assert "file:null" not in page.locator("#app").inner_text()
+    finally:
+        _http("POST", f"{up}/v1/pbt/{pbt_id}/cancel")
+
+    status, job = _http("POST", f"{up}/v1/lr-finder", {"dataset": {"id": dataset["id"]}, "steps": 10})
+    assert status == 202, job
+    page.goto(f"{up}/lr-finder/{job['id']}")
+    page.wait_for_function(
+        "name => document.querySelector('.page-head [data-role=dataset]')?.textContent === name", arg=name
+    )
+    page.goto("about:blank")
+
+
+def test_cuda_run_without_gpu_worker_says_why_it_waits(up: str, page: Any) -> None:
+    status, created = _http("POST", f"{up}/v1/runs", {"dataset": "blobs", "epochs": 1, "device": "cuda"})
+    assert status == 202, created
+    run = _http("GET", f"{up}/v1/runs/{created['id']}")[1]
+    if run["waiting_reason"] is None:
+        _http("POST", f"{up}/v1/runs/{created['id']}/cancel")
+        pytest.skip("this machine has a GPU: `lrlab up` serves the gpu queue")
+    page.goto(f"{up}/runs/{created['id']}")
+    waiting = page.locator("[data-role=waiting]")
+    waiting.wait_for()
+    assert _status(page) == "queued"
+    assert "no live GPU worker" in waiting.inner_text() and run["waiting_reason"] in waiting.inner_text()
+    page.get_by_role("button", name="Cancel run").click()
+    page.wait_for_function("document.querySelector('h1 [data-role=status]')?.textContent === 'cancelled'")
+    assert waiting.count() == 0
+    page.goto("about:blank")
