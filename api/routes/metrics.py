@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.routing import Mount
 
 from api.deps import SettingsDep
 from api.errors import ApiError
@@ -126,9 +127,17 @@ def request_labels(method: str, route: object, status: int) -> tuple[str, str, s
     )
 
 
+def _matched(request: Request) -> object:
+    """The route that served the request; a mount (the docs' assets) leaves only its app in the scope."""
+    route = request.scope.get("route")
+    if route is None and (app := request.scope.get("endpoint")) is not None:
+        route = next((r for r in request.app.routes if isinstance(r, Mount) and r.app is app), None)
+    return route
+
+
 async def time_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     start = time.perf_counter()
     response = await call_next(request)
-    labels = request_labels(request.method, request.scope.get("route"), response.status_code)
+    labels = request_labels(request.method, _matched(request), response.status_code)
     REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - start)
     return response

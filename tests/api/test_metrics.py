@@ -26,6 +26,7 @@ def test_made_up_methods_and_paths_add_no_time_series(api_client: Any) -> None:
             api_client.request(f"M{i:05d}X", "/v1/runs")
             api_client.get(f"/no/such/path/{i}")
             api_client.get(f"/v1/runs/{uuid.uuid4()}")  # a route's ids never become labels
+            api_client.get(f"/static/docs/{i}.js")  # a mount is labelled by its path
 
     odd_requests(0, 1)
     api_client.get("/metrics")
@@ -37,6 +38,8 @@ def test_made_up_methods_and_paths_add_no_time_series(api_client: Any) -> None:
     assert "M00" not in after and "/no/such" not in after
     assert 'method="other",route="/v1/runs",status="405"' in after
     assert 'route="unmatched",status="404"' in after and 'route="/v1/runs/{run_id}",status="404"' in after
+    api_client.get("/static/docs/swagger-ui.css")
+    assert 'method="GET",route="/static/docs",status="200"' in api_client.get("/metrics").text
 
 
 def test_workers_count_live_heartbeats_only(api_client: Any) -> None:
