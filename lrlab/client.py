@@ -160,6 +160,9 @@ class Client:
     def lr_finder(self, job_id: str) -> LrFinderPublic:
         return self._get(LrFinderPublic, f"/v1/lr-finder/{job_id}")
 
+    def cancel_lr_finder(self, job_id: str) -> LrFinderPublic:
+        return LrFinderPublic.model_validate(self._request("POST", f"/v1/lr-finder/{job_id}/cancel").json())
+
     # --- population based training -------------------------------------------------------------
 
     def submit_pbt(self, request: PbtCreate | dict[str, Any], *, idempotency_key: str | None = None) -> PbtCreated:

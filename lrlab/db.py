@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,11 +15,36 @@ from sqlalchemy.orm import Session, sessionmaker
 from lrlab.settings import get_settings
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN and infinity (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any) -> str:
+    """What every JSON column is written with: a NaN or infinity becomes null, wherever it sits.
+
+    json.dumps would write the tokens NaN and Infinity, which are not JSON: Postgres refuses the row (and a
+    worker recording a result would fail on every delivery), SQLite keeps it and the API can't render it.
+    """
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # the rare value holding one: clean it (a copy) only then
+        return json.dumps(finite(value), allow_nan=False)
+
+
 @functools.cache
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=dumps_json
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -29,7 +56,7 @@ def get_engine(url: str | None = None) -> Engine:
 
         return engine
     # A fused pack holds one connection per member's progress writer (up to MAX_PACK_MEMBERS).
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=30)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=30, json_serializer=dumps_json)
 
 
 @functools.cache

@@ -11,6 +11,11 @@ A run row is the truth; broker messages are only hints that a run may be ready. 
 - Reconciler (every worker, every `reconcile_seconds`): requeues runs whose lease expired, sends what was
   never sent, and sends again what has waited longer than `redispatch_seconds` (a lost message).
   Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row twice.
+- Bounded: every claim counts an attempt; a lease that lapses on the MAX_ATTEMPTS-th attempt ends the run
+  `failed`, so a message that kills its worker (or can never record its outcome) does not loop.
+
+lr-finder jobs follow the same rules: claim under a lease (renewed while the sweep runs), outcome only with
+the token, requeued or failed by the reconciler, cancelled like runs.
 
 Lease times come from the clocks of the hosts (keep them NTP-synced; skew must stay well under a lease).
 """
@@ -24,7 +29,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Connection, LargeBinary, and_, bindparam, delete, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from lrlab import queue as broker
@@ -140,6 +158,76 @@ def finish_run(run_id: str, token: str, **values: Any) -> bool:
         return bool(moved)
 
 
+# --- lr-finder jobs: the same claim, lease and outcome rules ----------------------------------------
+
+
+@dataclass(frozen=True)
+class JobClaim:
+    """An lr-finder job a worker owns: its request, its lease token and which claim this is."""
+
+    job_id: str
+    token: str
+    spec: dict[str, Any]
+    attempts: int
+
+
+def claim_lr_finder(job_id: str, worker: str, *, lease_seconds: float | None = None) -> JobClaim | None:
+    """queued -> running with a fresh lease, atomically; None when the job is not queued (any more)."""
+    seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
+    token, now = new_id(), utcnow()
+    with session_scope() as session:
+        moved = session.execute(
+            update(LrFinder)
+            .where(LrFinder.id == job_id, LrFinder.status == QUEUED)
+            .values(
+                status=RUNNING,
+                started_at=func.coalesce(LrFinder.started_at, now),
+                worker=worker,
+                attempts=LrFinder.attempts + 1,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=seconds),
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            return None
+        job = session.get(LrFinder, job_id)
+        assert job is not None
+        return JobClaim(job_id=job_id, token=token, spec=dict(job.spec), attempts=job.attempts)
+
+
+RENEW_LR_FINDER_LEASE = text(
+    "UPDATE lr_finder SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token"
+    " AND status = :running RETURNING cancel_requested"
+).bindparams(bindparam("expires", type_=UTCDateTime()))
+
+
+def renew_lr_finder_lease(job_id: str, token: str, seconds: float) -> tuple[bool, bool]:
+    """Extend my lease by `seconds` from now: (still mine, cancel requested)."""
+    with session_scope() as session:
+        row = session.execute(
+            RENEW_LR_FINDER_LEASE,
+            {"expires": utcnow() + timedelta(seconds=seconds), "id": job_id, "token": token, "running": RUNNING},
+        ).first()
+    return (row is not None, bool(row[0]) if row is not None else False)
+
+
+def finish_lr_finder(job_id: str, token: str, **values: Any) -> bool:
+    """Record the outcome if the lease is still mine; False: it is not, nothing written.
+
+    A sweep that ends while a cancel is requested (stopped by it, or done just before it was seen) is
+    recorded `cancelled`, with the points it has; a failure stays `failed`.
+    """
+    if values.get("status") == RunStatus.succeeded.value:
+        values["status"] = case((LrFinder.cancel_requested, RunStatus.cancelled.value), else_=values["status"])
+    with session_scope() as session:
+        moved = session.execute(
+            update(LrFinder)
+            .where(LrFinder.id == job_id, LrFinder.lease_token == token, LrFinder.status == RUNNING)
+            .values(finished_at=utcnow(), lease_token=None, lease_expires_at=None, **values)
+        ).rowcount  # type: ignore[attr-defined]
+        return bool(moved)
+
+
 # --- checkpoints ------------------------------------------------------------------------------------
 
 UPSERT_CHECKPOINT = text(
@@ -226,8 +314,21 @@ class Reconciled:
     cancelled: list[str] = field(default_factory=list)
     dispatched: list[str] = field(default_factory=list)
     lr_finders_requeued: list[str] = field(default_factory=list)
+    lr_finders_failed: list[str] = field(default_factory=list)
+    lr_finders_cancelled: list[str] = field(default_factory=list)
     lr_finders_dispatched: list[str] = field(default_factory=list)
     checkpoints_dropped: int = 0
+
+    PARTS = (
+        "requeued",
+        "failed",
+        "cancelled",
+        "dispatched",
+        "lr_finders_requeued",
+        "lr_finders_failed",
+        "lr_finders_cancelled",
+        "lr_finders_dispatched",
+    )
 
     def __bool__(self) -> bool:
         return bool(str(self))
@@ -235,10 +336,10 @@ class Reconciled:
     def __str__(self) -> str:
         """The non-empty parts, e.g. `requeued 1 (3f2a...), dispatched 1`."""
         parts = []
-        for name in ("requeued", "failed", "cancelled", "dispatched", "lr_finders_requeued", "lr_finders_dispatched"):
+        for name in self.PARTS:
             ids: list[str] = getattr(self, name)
             if ids:
-                shown = f" ({', '.join(ids)})" if name in ("requeued", "failed", "cancelled") else ""
+                shown = "" if name.endswith("dispatched") else f" ({', '.join(ids)})"
                 parts.append(f"{name.replace('_', ' ')} {len(ids)}{shown}")
         if self.checkpoints_dropped:
             parts.append(f"checkpoints dropped {self.checkpoints_dropped}")
@@ -316,22 +417,37 @@ def _dispatch_unsent(session: Session, app: Celery, settings: Settings, now: dat
 def _reconcile_lr_finders(
     session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled
 ) -> list[tuple[str, str]]:
-    # A job has no lease (a sweep is short); its worker's heartbeat stands in: gone for the heartbeat ttl
-    # while the job is running means the worker died with it.
+    """Expired leases as for runs (requeued, or cancelled, or failed at MAX_ATTEMPTS), then the outbox."""
+    # A job claimed before jobs had leases (migration 0009) has none: its worker's heartbeat stands in.
     fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
-    orphaned = session.scalars(
-        select(LrFinder)
-        .where(
-            LrFinder.status == RUNNING,
+    expired = or_(
+        LrFinder.lease_expires_at < now,
+        and_(
+            LrFinder.lease_expires_at.is_(None),
             LrFinder.started_at < fresh,
             ~exists().where(WorkerHeartbeat.hostname == LrFinder.worker, WorkerHeartbeat.last_seen_at >= fresh),
-        )
+        ),
+    )
+    lapsed = session.scalars(
+        select(LrFinder)
+        .where(LrFinder.status == RUNNING, expired)
         .limit(BATCH)
         .with_for_update(skip_locked=True, of=LrFinder)
     ).all()
-    for job in orphaned:
-        job.status, job.dispatched_at = QUEUED, None
-        out.lr_finders_requeued.append(job.id)
+    orphaned = []
+    for job in lapsed:
+        job.lease_token, job.lease_expires_at = None, None
+        if job.cancel_requested:
+            job.status, job.finished_at = RunStatus.cancelled.value, now
+            out.lr_finders_cancelled.append(job.id)
+        elif job.attempts >= MAX_ATTEMPTS:
+            job.status, job.finished_at = RunStatus.failed.value, now
+            job.error = f"its worker was lost {job.attempts} times (last: {job.worker}); not retried again"
+            out.lr_finders_failed.append(job.id)
+        else:
+            job.status, job.dispatched_at = QUEUED, None
+            orphaned.append(job)
+            out.lr_finders_requeued.append(job.id)
     unsent = session.scalars(
         select(LrFinder)
         .where(_unsent(LrFinder, now, settings.redispatch_seconds), LrFinder.id.not_in([j.id for j in orphaned]))

@@ -202,6 +202,10 @@ class LrFinder(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     # Outbox, as for runs: NULL until the task message has been handed to the broker.
     dispatched_at: Mapped[datetime | None]
+    # Lease and claims, as for runs: a job whose lease lapsed MAX_ATTEMPTS times is failed, not requeued.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class CurvePoint(Base):

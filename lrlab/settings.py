@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     auth: Literal["required", "disabled"] = Field(
         "required", description="API keys; `lrlab up` on loopback turns them off."
     )
-    max_active_runs_per_key: int = Field(100, ge=1, description="Queued + running runs one owner may have.")
+    max_active_runs_per_key: int = Field(
+        100, ge=1, description="Queued + running runs (population members included) and lr-finder jobs of one owner."
+    )
     max_request_work: float = Field(
         2e9, gt=0, description="Epochs x training samples one request may ask for, summed over its runs."
     )

@@ -2,8 +2,9 @@
 
 The outcome is written only while the lease is ours (lrlab.leases.finish_run). A run whose lease was lost,
 or whose progress could not be written because the database stayed away, is left alone: its lease lapses,
-a reconciler requeues it and a worker resumes it from the last checkpoint. Only errors of the run itself
-(bad data, a bug) end it as failed.
+a reconciler requeues it and a worker resumes it from the last checkpoint (at most MAX_ATTEMPTS claims in
+all). Errors of the run itself (bad data, a bug), and an outcome that can't be written for what it holds
+(which would fail the same way on every attempt), end it as failed, saying why.
 """
 
 from __future__ import annotations
@@ -177,7 +178,14 @@ def outcome(run_id: str, result: Any) -> dict[str, Any]:
 
 
 def _record(run_id: str, token: str, values: Callable[[], dict[str, Any]]) -> bool:
-    recorded = _retrying(f"recording the outcome of run {run_id}", lambda: leases.finish_run(run_id, token, **values()))
+    """Write the outcome; one that can't be made or written (other than through an outage) ends the run failed."""
+    what = f"recording the outcome of run {run_id}"
+    try:
+        recorded = _retrying(what, lambda: leases.finish_run(run_id, token, **values()))
+    except Exception as exc:
+        log.exception("run %s: its outcome could not be recorded", run_id)
+        error = f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:4000]
+        recorded = _retrying(what, lambda: leases.finish_run(run_id, token, status=RunStatus.failed.value, error=error))
     if recorded is False:
         log.warning("run %s: lease lost before its outcome was recorded; another worker owns it", run_id)
     return bool(recorded)

@@ -1,44 +1,74 @@
-"""One lr range test on a worker: claim the job, sweep, store the points and the suggestion.
+"""One lr range test on a worker: claim the job under a lease, sweep, store the points and the suggestion.
 
-A job has no lease (a sweep takes seconds); if its worker dies, the reconciler requeues it once that
-worker's heartbeat is stale. The result is written only while the job is still running here, so a
-worker presumed dead that comes back cannot overwrite the outcome of the attempt that replaced it.
+As a run: the claim counts an attempt and takes a lease, which a thread renews while the sweep runs (and
+through which a cancel request arrives: the sweep stops within STOP_POLL_EVERY steps). The result is written
+only with the lease's token, so a worker presumed dead that comes back cannot overwrite the outcome of the
+attempt that replaced it. A worker that dies, or a result that can't be written, leaves the lease to lapse:
+the reconciler requeues the job, and fails it after MAX_ATTEMPTS claims (lrlab.leases).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import update
-
 import trainer
-from lrlab.db import session_scope
-from lrlab.models import LrFinder, utcnow
+from lrlab import leases
 from lrlab.schemas import RunStatus
 from lrlab.schemas.experiments import LrFinderCreate
 from lrlab.settings import get_settings
 from worker.datasets import materialize
+from worker.execute import _retrying
 
 log = logging.getLogger(__name__)
 
+# Most seconds between two renewals of the lease, which is also how often a cancel request is looked for.
+RENEW_SECONDS = 1.0
+
+
+class _Lease(threading.Thread):
+    """Renews the job's lease while the sweep runs; says when the sweep should stop (cancelled, or not ours)."""
+
+    def __init__(self, claim: leases.JobClaim, seconds: float) -> None:
+        super().__init__(name=f"lease-{claim.job_id[:8]}", daemon=True)
+        self.claim, self.seconds = claim, seconds
+        self.cancelled, self.lost = threading.Event(), threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(min(RENEW_SECONDS, self.seconds / 3)):
+            try:
+                mine, cancel = leases.renew_lr_finder_lease(self.claim.job_id, self.claim.token, self.seconds)
+            except Exception as exc:  # the database is briefly away: the next renewal tries again
+                log.warning("lr-finder job %s: could not renew its lease: %s", self.claim.job_id, exc)
+                continue
+            if not mine:
+                self.lost.set()
+                return
+            if cancel:
+                self.cancelled.set()
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.lost.is_set()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
 
 def execute_lr_finder(job_id: str, worker: str) -> None:
-    with session_scope() as session:
-        moved = session.execute(
-            update(LrFinder)
-            .where(LrFinder.id == job_id, LrFinder.status == RunStatus.queued.value)
-            .values(status=RunStatus.running.value, started_at=utcnow(), worker=worker)
-        ).rowcount  # type: ignore[attr-defined]
-        job = session.get(LrFinder, job_id) if moved else None
-        spec = dict(job.spec) if job is not None else None
-    if spec is None:
+    settings = get_settings()
+    claim = leases.claim_lr_finder(job_id, worker, lease_seconds=settings.lease_seconds)
+    if claim is None:
         log.info("lr-finder job %s is not queued any more; skipping", job_id)
         return
+    lease = _Lease(claim, settings.lease_seconds)
+    lease.start()
     values: dict[str, Any]
     try:
-        request = LrFinderCreate.model_validate(spec)
+        request = LrFinderCreate.model_validate(claim.spec)
         result = trainer.lr_range_test(
             trainer.RunConfig.from_spec(materialize(request.run_spec())),
             min_lr=request.min_lr,
@@ -47,18 +77,38 @@ def execute_lr_finder(job_id: str, worker: str) -> None:
             smoothing=request.smoothing,
             stop_factor=request.stop_factor,
             device=trainer.resolve_device(request.device),
-            data_root=get_settings().dataset_root,
+            data_root=settings.dataset_root,
+            should_stop=lease.should_stop,
         )
     except Exception as exc:
         log.exception("lr-finder job %s failed", job_id)
         values = {"status": RunStatus.failed.value, "error": f"{type(exc).__name__}: {exc}"[:4000]}
     else:
         values = {"status": RunStatus.succeeded.value, "result": asdict(result)}
-    with session_scope() as session:
-        recorded = session.execute(
-            update(LrFinder)
-            .where(LrFinder.id == job_id, LrFinder.status == RunStatus.running.value, LrFinder.worker == worker)
-            .values(finished_at=utcnow(), **values)
-        ).rowcount  # type: ignore[attr-defined]
-    if not recorded:
-        log.warning("lr-finder job %s was requeued meanwhile; its result here is dropped", job_id)
+    finally:
+        lease.stop()
+    if lease.lost.is_set():
+        log.warning("lr-finder job %s is not ours any more; its result here is dropped", job_id)
+        return
+    if record(claim, values):
+        log.info("lr-finder job %s recorded (attempt %d)", job_id, claim.attempts)
+
+
+def record(claim: leases.JobClaim, values: dict[str, Any]) -> bool:
+    """Write the outcome; one that can't be written (not a database outage) ends the job `failed` with why.
+
+    Through an outage the write is retried for a while, then left to the lease (requeued, at most
+    MAX_ATTEMPTS times in all). A write that fails for what it holds would fail on every attempt: the
+    job ends failed now, saying so.
+    """
+    what = f"recording the outcome of lr-finder job {claim.job_id}"
+    try:
+        recorded = _retrying(what, lambda: leases.finish_lr_finder(claim.job_id, claim.token, **values))
+    except Exception as exc:
+        log.exception("lr-finder job %s: its outcome could not be recorded", claim.job_id)
+        error = f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:4000]
+        failed = {"status": RunStatus.failed.value, "error": error}
+        recorded = _retrying(what, lambda: leases.finish_lr_finder(claim.job_id, claim.token, **failed))
+    if recorded is False:
+        log.warning("lr-finder job %s was requeued meanwhile; its result here is dropped", claim.job_id)
+    return bool(recorded)

@@ -1,4 +1,4 @@
-"""Learning-rate range tests: submit one, read its points and suggestion, list them, chart them."""
+"""Learning-rate range tests: submit one, read its points and suggestion, list them, chart them, cancel one."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from sqlalchemy import select
 
 from api.deps import IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
-from api.quota import check_datasets
+from api.quota import check_lr_finder_quota
 from lrlab import leases, lr_finder, queue, store
 from lrlab.charts import render_lr_finder_chart
 from lrlab.models import LrFinder
 from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic, LrFindersPublic
+from lrlab.schemas.runs import RunStatus
 
 router = APIRouter(prefix="/v1/lr-finder", tags=["lr-finder"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=LrFinderPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=LrFinderPublic,
+    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+)
 def create_lr_finder(
     request: LrFinderCreate,
     session: SessionDep,
@@ -28,10 +34,11 @@ def create_lr_finder(
     settings: SettingsDep,
     response: Response,
 ) -> LrFinderPublic | JSONResponse:
-    """Sweep lr exponentially over `steps` training steps; the answer carries `suggested_lr` and `suggested_grid`."""
+    """Sweep lr exponentially over `steps` training steps; the answer carries `suggested_lr` and `suggested_grid`.
+    A queued or running job counts as one run against LRLAB_MAX_ACTIVE_RUNS_PER_KEY."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
-    check_datasets(session, owner, [request.dataset])
+    check_lr_finder_quota(session, owner, request, settings)
     queue.ensure_broker()
     job = lr_finder.create_job(session, request, owner=owner)
     location = f"/v1/lr-finder/{job.id}"
@@ -61,6 +68,21 @@ def list_lr_finders(
 
 @router.get("/{job_id}", response_model=LrFinderPublic)
 def get_lr_finder(job: LrFinderDep) -> LrFinderPublic:
+    return lr_finder.to_public(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=LrFinderPublic,
+    responses={409: {"description": "The job is already finished"}},
+)
+def cancel_lr_finder(job: LrFinderDep, session: SessionDep) -> LrFinderPublic:
+    """A queued job is cancelled at once; a running one stops within a few steps and keeps the points it has."""
+    if RunStatus(job.status).is_finished():
+        raise ApiError(409, ["path", "job_id"], f"lr-finder job is already {job.status}", "conflict")
+    lr_finder.request_cancel(session, job)
+    session.commit()
+    session.refresh(job)
     return lr_finder.to_public(job)
 
 

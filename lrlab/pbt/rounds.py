@@ -65,7 +65,12 @@ def choose_execution(request: PbtCreate) -> str:
 
 
 def create(session: Session, request: PbtCreate, *, owner: str, queue: str) -> tuple[Pbt, list[Run]]:
-    """The population and its member runs, queued, in the caller's transaction; NotFusable for a bad `fused`."""
+    """The population and its member runs, queued, in the caller's transaction; NotFusable for a bad `fused`.
+
+    The members are stamped as dispatched here, as every later round's are: the caller sends the first round
+    (`dispatch`) after its commit, and a reconciler pass in between must not send them one by one (a fused
+    round would split into separate runs).
+    """
     pbt = Pbt(
         owner=owner,
         name=request.name,
@@ -78,7 +83,8 @@ def create(session: Session, request: PbtCreate, *, owner: str, queue: str) -> t
     )
     session.add(pbt)
     session.flush()
-    runs = []
+    runs: list[Run] = []
+    now = utcnow()
     for k, values in enumerate(search.initial(mutations(request), request.population, request.seed)):
         run = store.create_run(
             session,
@@ -88,7 +94,7 @@ def create(session: Session, request: PbtCreate, *, owner: str, queue: str) -> t
             params={"member": k, **values},
             owner=owner,
         )
-        run.pbt_id = pbt.id
+        run.pbt_id, run.dispatched_at = pbt.id, now
         runs.append(run)
         session.add(
             PbtMember(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import (
     MAX_BATCH_SIZE,
+    MAX_LR,
     AdamSpec,
     DatasetRef,
     Device,
@@ -23,6 +24,7 @@ from lrlab.schemas.spec import (
 )
 
 MAX_GRID_CELLS = 256
+MIN_SWEEP_LR = 1e-10  # the lr range test's smallest min_lr
 
 
 class Grid(Strict):
@@ -111,8 +113,17 @@ class LrFinderCreate(Strict):
     optimizer: OptimizerSpec = Field(
         default_factory=lambda: AdamSpec(name="adam"), description="Its lr is ignored: the finder sweeps it."
     )
-    min_lr: Lr = 1e-7
-    max_lr: Lr = Field(10.0, validate_default=True)  # checked against min_lr even when left out
+    min_lr: Lr = Field(
+        1e-7,
+        ge=MIN_SWEEP_LR,
+        lt=MAX_LR,
+        description=(
+            f"The sweep's first lr, at least {MIN_SWEEP_LR:g} (smaller steps are lost to float32 rounding); with"
+            f" max_lr at most {MAX_LR:g} a sweep spans at most {MAX_LR / MIN_SWEEP_LR:.0e}x, every lr in it finite."
+        ),
+    )
+    # checked against min_lr even when left out
+    max_lr: Lr = Field(10.0, validate_default=True, description="The sweep's last lr; greater than min_lr.")
     steps: int = Field(100, ge=10, le=10_000)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -168,6 +179,7 @@ class LrFinderPublic(BaseModel):
     reason: str | None = None
     n_parameters: int | None = None
     seconds: float | None = None
+    cancel_requested: bool = False
 
 
 class LrFindersPublic(BaseModel):

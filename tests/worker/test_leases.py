@@ -243,3 +243,72 @@ def test_requeued_run_can_be_claimed_the_moment_its_message_arrives(q: Any) -> N
     assert out.requeued == [run_id] and out.dispatched == [run_id]
     assert claims and claims[0] is not None, "the message arrived before the run was queued"
     assert row(run_id).status == "running" and row(run_id).worker == "w2"
+
+
+# --- lr-finder jobs: claimed, leased, finished and bounded as runs are ----------------------------------
+
+
+def new_job(queue: str, **values: Any) -> str:
+    with session_scope() as s:
+        job = LrFinder(status="queued", spec={}, queue=queue, created_at=utcnow(), **values)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def job_row(job_id: str) -> LrFinder:
+    with session_scope() as s:
+        found = s.get(LrFinder, job_id)
+        assert found is not None
+        return found
+
+
+def set_job(job_id: str, **values: Any) -> None:
+    with session_scope() as s:
+        s.execute(update(LrFinder).where(LrFinder.id == job_id).values(**values))
+
+
+def test_claim_lr_finder_once_with_a_lease_that_only_its_holder_renews_and_finishes(q: Any) -> None:
+    job_id = new_job(q[0])
+    barrier = threading.Barrier(4)
+
+    def claim(i: int) -> leases.JobClaim | None:
+        barrier.wait()
+        return leases.claim_lr_finder(job_id, f"w{i}", lease_seconds=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        claims = [c for c in pool.map(claim, range(4)) if c is not None]
+    assert len(claims) == 1 and claims[0].attempts == 1
+    got = job_row(job_id)
+    assert (got.status, got.attempts, got.lease_token) == ("running", 1, claims[0].token)
+    assert got.lease_expires_at is not None and got.lease_expires_at - utcnow() > timedelta(seconds=25)
+
+    assert leases.renew_lr_finder_lease(job_id, "not-mine", 30) == (False, False)
+    set_job(job_id, cancel_requested=True)
+    assert leases.renew_lr_finder_lease(job_id, claims[0].token, 60) == (True, True)
+    assert job_row(job_id).lease_expires_at - utcnow() > timedelta(seconds=55)  # type: ignore[operator]
+    assert leases.finish_lr_finder(job_id, "not-mine", status="succeeded") is False
+    # a sweep that ends while a cancel is requested is recorded cancelled, with what it found
+    assert leases.finish_lr_finder(job_id, claims[0].token, status="succeeded", result={"points": []}) is True
+    got = job_row(job_id)
+    assert (got.status, got.result, got.lease_token, got.lease_expires_at) == ("cancelled", {"points": []}, None, None)
+
+
+def test_reconcile_requeues_cancels_or_fails_lr_finder_jobs_whose_lease_lapsed(q: Any) -> None:
+    name, waiting = q
+    past = utcnow() - timedelta(seconds=1)
+    lost, stopping, doomed = new_job(name), new_job(name), new_job(name)
+    for job_id in (lost, stopping, doomed):
+        assert leases.claim_lr_finder(job_id, "w1", lease_seconds=30) is not None
+        set_job(job_id, lease_expires_at=past)
+    set_job(stopping, cancel_requested=True)
+    set_job(doomed, attempts=leases.MAX_ATTEMPTS)  # claimed and lost five times: it is what kills its workers
+    leases.reconcile()
+    assert (job_row(lost).status, job_row(lost).lease_token) == ("queued", None)
+    assert job_row(lost).dispatched_at is not None and waiting() == 1
+    assert job_row(stopping).status == "cancelled"
+    doomed_row = job_row(doomed)
+    assert doomed_row.status == "failed" and "lost 5 times" in (doomed_row.error or "")
+    assert doomed_row.finished_at is not None
+    again = leases.claim_lr_finder(lost, "w2")
+    assert again is not None and again.attempts == 2
