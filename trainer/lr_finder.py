@@ -1,7 +1,8 @@
-"""The learning-rate range test (Smith 2015): sweep the lr up exponentially, watch the loss, suggest an lr."""
+"""The learning-rate range test (Smith 2015): sweep the lr up exponentially, watch the loss, suggest lrs."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -38,15 +39,23 @@ class LrPoint:
 
 
 @dataclass
+class LrSuggestion:
+    name: str  # "valley" | "steepest" | "minimum"
+    lr: float | None  # None when the sweep gave the rule nothing to stand on (rule says why)
+    rule: str  # how lr was chosen, or why there is none
+
+
+@dataclass
 class LrFinderResult:
     points: list[LrPoint]
-    suggested_lr: float | None
+    suggested_lr: float | None  # the default rule's lr (DEFAULT_SUGGESTION)
     rule: str  # how suggested_lr was chosen, or why there is none
     stopped_early: bool  # the loss exploded before max_lr: the normal end of a range test
     reason: str | None  # why the sweep ended before max_lr (explosion or a stop request)
     suggested_grid: list[float]  # lrs around the suggestion for a follow-up grid; empty without a suggestion
     seconds: float
     n_parameters: int
+    suggestions: list[LrSuggestion]  # every rule's pick, the default first
 
 
 def sweep_lr(min_lr: float, max_lr: float, step: int, steps: int) -> float:
@@ -80,31 +89,108 @@ def suggest_grid(lr: float, min_lr: float, max_lr: float) -> list[float]:
     return sorted(values)
 
 
-def suggest_lr(points: list[LrPoint], steps: int) -> tuple[float | None, str]:
-    """The lr of steepest descent of the smoothed loss against log10(lr), between the noisy head and the minimum."""
+@dataclass
+class _Curve:
+    """The smoothed curve the rules read: points past the skipped head, up to the smoothed loss's minimum."""
+
+    lrs: np.ndarray  # (W,)
+    smoothed: np.ndarray  # (W,)
+    min_lr: float  # the lr of the minimum, the window's last point
+    skip: int  # steps skipped at the head
+    problem: str | None  # why there is nothing to suggest from, or None
+
+
+def _curve(points: list[LrPoint], steps: int) -> _Curve:
     usable = [p for p in points if p.smoothed_loss is not None]
     skip = math.ceil(SKIP_FRACTION * steps)
+    empty = np.zeros(0)
     if not usable:
-        return None, "no suggestion: no point has a finite loss"
-    smoothed = np.array([p.smoothed_loss for p in usable], dtype=np.float64)  # (P,)
-    log_lr = np.log10(np.array([p.lr for p in usable], dtype=np.float64))  # (P,)
-    steps_of = np.array([p.step for p in usable])  # (P,)
-    best = int(np.argmin(smoothed))  # past it the loss climbs: the divergent tail
-    window = np.flatnonzero((steps_of >= skip) & (np.arange(len(usable)) <= best))  # (W,) indices into usable
-    excluded = f"excluding the first {skip} steps ({SKIP_FRACTION:.0%}) and the divergent tail after the minimum"
+        return _Curve(empty, empty, math.nan, skip, "no point has a finite loss")
+    best = min(range(len(usable)), key=lambda i: usable[i].smoothed_loss)  # type: ignore[arg-type,return-value]
+    window = [p for p in usable[: best + 1] if p.step >= skip]  # past the minimum the loss climbs: the tail
+    lrs = np.array([p.lr for p in window], dtype=np.float64)
+    smoothed = np.array([p.smoothed_loss for p in window], dtype=np.float64)
+    problem = None
     if len(window) < MIN_USABLE_POINTS:
-        return None, (
-            f"no suggestion: {len(window)} usable points after the first {skip} steps and up to the loss minimum"
-            f" at lr {usable[best].lr:.3g} (need {MIN_USABLE_POINTS}); the loss rose too early or the sweep was cut"
+        problem = (
+            f"{len(window)} usable points after the first {skip} steps and up to the loss minimum at lr"
+            f" {usable[best].lr:.3g} (need {MIN_USABLE_POINTS}); the loss rose too early or the sweep was cut"
             " short: lower min_lr or add steps"
         )
+    return _Curve(lrs, smoothed, usable[best].lr, skip, problem)
+
+
+def _excluded(curve: _Curve) -> str:
+    return f"the first {curve.skip} steps ({SKIP_FRACTION:.0%}) and the divergent tail after the minimum excluded"
+
+
+def suggest_valley(curve: _Curve) -> LrSuggestion:
+    """fastai's "valley", written afresh: the middle of the longest falling stretch of the smoothed loss.
+
+    The stretch is measured by the longest strictly decreasing subsequence of the smoothed losses (it may skip
+    points where noise pushes the loss up): it ends at its last point, and is as many steps wide as it has
+    points; the suggestion is the lr halfway along it. Because the stretch reaches back from the bottom of the
+    descent into its gentle start, its middle sits well below the steepest point.
+    """
+    if curve.problem is not None:
+        return LrSuggestion("valley", None, f"no suggestion: {curve.problem}")
+    # longest strictly decreasing subsequence ending at each point, by patience sorting on -loss:
+    # tails[k] is the largest last loss of a decreasing subsequence of length k + 1 seen so far (as -loss)
+    tails: list[float] = []
+    length = np.zeros(len(curve.smoothed), dtype=np.int64)  # (W,)
+    for i, value in enumerate(-curve.smoothed):
+        k = bisect.bisect_left(tails, value)
+        tails[k : k + 1] = [value]
+        length[i] = k + 1
+    end = int(np.argmax(length))  # the first point where the longest stretch ends
+    width = int(length[end])
+    if width < MIN_USABLE_POINTS:
+        return LrSuggestion(
+            "valley", None, f"no suggestion: the smoothed loss never falls for {MIN_USABLE_POINTS} steps"
+        )
+    middle = end - width + 1 + width // 2
+    lr = float(curve.lrs[middle])
+    rule = (
+        f"valley: halfway along the longest falling stretch of the smoothed loss ({width} steps, lr"
+        f" {curve.lrs[end - width + 1]:.3g} to {curve.lrs[end]:.3g}); {_excluded(curve)}"
+    )
+    return LrSuggestion("valley", lr, rule)
+
+
+def suggest_steepest(curve: _Curve) -> LrSuggestion:
+    """The lr where the smoothed loss falls fastest against log10(lr): Smith's and torch-lr-finder's pick."""
+    if curve.problem is not None:
+        return LrSuggestion("steepest", None, f"no suggestion: {curve.problem}")
     # central differences inside the window, one-sided at its ends; the lrs are evenly spaced in log10
-    slope = np.gradient(smoothed[window], log_lr[window])  # (W,) d loss / d log10 lr
+    slope = np.gradient(curve.smoothed, np.log10(curve.lrs))  # (W,) d loss / d log10 lr
     steepest = int(np.argmin(slope))
     if slope[steepest] >= 0:
-        return None, f"no suggestion: the smoothed loss never decreases ({excluded})"
-    rule = f"steepest descent of the smoothed loss (d loss / d log10 lr), {excluded}"
-    return float(usable[window[steepest]].lr), rule
+        return LrSuggestion("steepest", None, f"no suggestion: the smoothed loss never decreases ({_excluded(curve)})")
+    rule = f"steepest: steepest descent of the smoothed loss (d loss / d log10 lr); {_excluded(curve)}"
+    return LrSuggestion("steepest", float(curve.lrs[steepest]), rule)
+
+
+def suggest_minimum(curve: _Curve) -> LrSuggestion:
+    """A tenth of the lr at the smoothed loss's minimum: just short of where the loss starts to climb."""
+    if curve.problem is not None:
+        return LrSuggestion("minimum", None, f"no suggestion: {curve.problem}")
+    rule = f"minimum: a tenth of the lr of the smoothed loss's minimum ({curve.min_lr:.3g}); {_excluded(curve)}"
+    return LrSuggestion("minimum", curve.min_lr / 10, rule)
+
+
+RULES: dict[str, Callable[[_Curve], LrSuggestion]] = {
+    "valley": suggest_valley,
+    "steepest": suggest_steepest,
+    "minimum": suggest_minimum,
+}
+DEFAULT_SUGGESTION = "minimum"  # the most reliable in bench/lr_finder_rules.py (docs/lr-finder.md)
+
+
+def suggest_lrs(points: list[LrPoint], steps: int) -> list[LrSuggestion]:
+    """Every rule's suggestion, DEFAULT_SUGGESTION first."""
+    curve = _curve(points, steps)
+    order = [DEFAULT_SUGGESTION] + [name for name in RULES if name != DEFAULT_SUGGESTION]
+    return [RULES[name](curve) for name in order]
 
 
 def lr_range_test(
@@ -180,7 +266,8 @@ def lr_range_test(
         loss.backward()
         optimizer.step()
 
-    suggested, rule = suggest_lr(points, steps)
+    suggestions = suggest_lrs(points, steps)
+    suggested, rule = suggestions[0].lr, suggestions[0].rule
     grid = suggest_grid(suggested, min_lr, max_lr) if suggested is not None else []
     seconds = time.perf_counter() - t_run
     logger.info(
@@ -199,4 +286,5 @@ def lr_range_test(
         suggested_grid=grid,
         seconds=seconds,
         n_parameters=n_parameters,
+        suggestions=suggestions,
     )

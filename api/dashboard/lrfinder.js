@@ -1,5 +1,5 @@
 // An lr range test: loss and smoothed loss against lr (log x), the suggested lr marked, the suggested grid
-// listed with a link that starts a grid over it.
+// listed with a link that starts a grid over it, and every rule's suggestion with its rule.
 
 import { api } from "./api.js";
 import { LineChart, PALETTE } from "./chart.js";
@@ -62,6 +62,7 @@ function render(job, header, side, chart) {
           ]
         : h("p", { class: "muted" }, FINISHED.has(job.status) ? "No suggestion." : "Sweeping…"),
     ),
+    ...suggestionsCard(job.suggestions || []),
     h("section", { class: "card" }, h("h3", {}, "Sweep"), facts([
       ["steps taken", `${job.points.length} of ${spec.steps}`],
       ["stopped early", job.stopped_early ? job.reason || "yes" : null],
@@ -74,4 +75,17 @@ function render(job, header, side, chart) {
       ["error", job.error],
     ])),
   );
+}
+
+// Every rule's pick, the default (the one marked on the chart) first; docs/lr-finder.md measures them.
+function suggestionsCard(suggestions) {
+  if (!suggestions.length) return [];  // a job run before the rules were reported
+  return [h("section", { class: "card" }, h("h3", {}, "Suggestions by rule"),
+    h("table", { class: "compact", dataset: { role: "suggestions" } },
+      h("tbody", {}, suggestions.map((s, i) => h("tr", { dataset: { name: s.name } },
+        h("th", {}, s.name, i === 0 ? " (default)" : ""),
+        h("td", { class: "num", dataset: { role: "suggestion-lr" } }, s.lr === null ? "none" : fmt(s.lr, 3)),
+      )))),
+    h("ul", { class: "muted" }, suggestions.map((s) => h("li", {}, s.rule))),
+  )];
 }

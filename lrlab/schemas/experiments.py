@@ -163,6 +163,18 @@ class LrPoint(BaseModel):
     smoothed_loss: float | None
 
 
+class LrSuggestion(BaseModel):
+    """One rule's pick from the sweep (docs/lr-finder.md measures them)."""
+
+    name: str = Field(
+        description="minimum: a tenth of the lr at the smoothed loss's minimum (the default); valley: halfway"
+        " along the longest falling stretch of the smoothed loss (fastai's rule); steepest: where the smoothed"
+        " loss falls fastest against log lr (too high for SGD with momentum)."
+    )
+    lr: float | None = Field(description="None when the sweep gave the rule nothing to go on (`rule` says why).")
+    rule: str = Field(description="How lr was chosen, or why there is none.")
+
+
 class LrFinderPublic(BaseModel):
     id: str
     status: RunStatus
@@ -172,9 +184,14 @@ class LrFinderPublic(BaseModel):
     finished_at: datetime | None
     error: str | None
     points: list[LrPoint] = Field(default_factory=list, description="One per step taken.")
-    suggested_lr: float | None = None
+    suggested_lr: float | None = Field(None, description="The default rule's lr: the first of `suggestions`.")
     rule: str | None = Field(None, description="How suggested_lr was chosen.")
-    suggested_grid: list[float] = Field(default_factory=list, description="Feed to an experiment's grid.lr.")
+    suggested_grid: list[float] = Field(
+        default_factory=list, description="lr/10, lr/3, lr, 3 lr around suggested_lr: feed to an experiment's grid.lr."
+    )
+    suggestions: list[LrSuggestion] = Field(
+        default_factory=list, description="Every rule's suggestion, the default first (none for jobs run before)."
+    )
     stopped_early: bool = False
     reason: str | None = None
     n_parameters: int | None = None

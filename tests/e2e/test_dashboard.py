@@ -251,6 +251,11 @@ def test_lr_finder_page_marks_the_suggestion(up: str, page: Any) -> None:
     assert paths.count() == 2
     assert int(paths.first.get_attribute("data-points")) == sum(p["loss"] is not None for p in job["points"])
     assert page.locator("[data-role=suggested-grid] li").count() == len(job["suggested_grid"]) > 0
+    # every rule's pick, the default first
+    rows = page.locator("[data-role=suggestions] tr")
+    assert [rows.nth(i).get_attribute("data-name") for i in range(rows.count())] == ["minimum", "valley", "steepest"]
+    assert [s["name"] for s in job["suggestions"]] == ["minimum", "valley", "steepest"]
+    assert "(default)" in (rows.first.text_content() or "")
 
 
 # Four members, two intervals, one exploit round: a few seconds on the embedded worker.

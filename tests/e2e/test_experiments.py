@@ -133,7 +133,13 @@ def test_lr_finder_suggests_lr_inside_range_and_feeds_a_grid(api_client: Any, wo
     job = wait_for(done, 60, "the lr finder")
     assert job["status"] == "succeeded", job
     assert 1e-5 < job["suggested_lr"] < 10
-    assert "steepest" in job["rule"]
+    # every rule's pick, the default (minimum/10) first and the same as suggested_lr and rule
+    assert [s["name"] for s in job["suggestions"]] == ["minimum", "valley", "steepest"]
+    assert all(s["lr"] is not None and s["rule"].startswith(s["name"] + ": ") for s in job["suggestions"])
+    assert (job["suggested_lr"], job["rule"]) == (job["suggestions"][0]["lr"], job["suggestions"][0]["rule"])
+    smoothed = [p["smoothed_loss"] for p in job["points"] if p["smoothed_loss"] is not None]
+    bottom = next(p["lr"] for p in job["points"] if p["smoothed_loss"] == min(smoothed))
+    assert job["suggested_lr"] == pytest.approx(bottom / 10)
     lrs = [p["lr"] for p in job["points"]]
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert job["stopped_early"] is True and len(job["points"]) < 100  # the loss exploded before max_lr
