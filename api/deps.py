@@ -6,14 +6,16 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from lrlab import auth, idempotency
+from lrlab import auth, idempotency, store
 from lrlab.db import get_sessionmaker
 from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Pbt, Run
 from lrlab.settings import Settings, get_settings
@@ -28,22 +30,34 @@ SessionDep = Annotated[Session, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `lrlab keys create` (not needed by `lrlab up`).")
+OWNER_KEY = "lrlab.owner"  # in scope["state"]: the owner the gate (api/gate.py) found for the request's key
 
 
-def _owner(
-    session: SessionDep, settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    if settings.auth == "disabled":
-        return LOCAL_OWNER
-    if creds is None:
+def authenticate(session: Session, authorization: str | None) -> str:
+    """The owner of the `Authorization: Bearer <key>` given; 401 for none, another scheme, or an unknown or
+    revoked key. Called by the gate before a body is read, and by `_owner` where no gate ran."""
+    scheme, key = get_authorization_scheme_param(authorization)
+    if not key or scheme.lower() != "bearer":
         error = ApiError(401, ["header", "authorization"], "missing API key: send Authorization: Bearer <key>")
-    elif (owner := auth.owner_of(session, creds.credentials)) is None:
+    elif (owner := auth.owner_of(session, key)) is None:
         error = ApiError(401, ["header", "authorization"], "unknown or revoked API key")
     else:
         return owner
     error.type = "unauthorized"
     error.headers["WWW-Authenticate"] = "Bearer"
     raise error
+
+
+def _owner(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # documents the scheme in OpenAPI
+) -> str:
+    if settings.auth == "disabled":
+        return LOCAL_OWNER
+    found = request.scope.get("state", {}).get(OWNER_KEY)
+    return found if isinstance(found, str) else authenticate(session, request.headers.get("authorization"))
 
 
 OwnerDep = Annotated[str, Depends(_owner)]
@@ -131,3 +145,49 @@ async def _idempotent(
 
 
 IdempotentDep = Annotated[Idempotent, Depends(_idempotent)]
+
+
+def _cursor(
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+) -> str | None:
+    """A cursor this API made (a zoned timestamp and an id), or a 422: never a 500 from the query it builds."""
+    if cursor is None:
+        return None
+    try:
+        created_at, row_id = store.decode_cursor(cursor)
+    except ValueError:
+        created_at, row_id = None, ""
+    if created_at is None or created_at.tzinfo is None or "\x00" in row_id:
+        raise ApiError(422, ["query", "cursor"], "not a cursor returned by this API: pass back `next_cursor`")
+    return cursor
+
+
+CursorDep = Annotated[str | None, Depends(_cursor)]
+
+
+def walk(dependant: Dependant) -> list[Dependant]:
+    """A route's dependant and all it depends on, however deep."""
+    found, stack = [], [dependant]
+    while stack:
+        found.append(stack.pop())
+        stack.extend(found[-1].dependencies)
+    return found
+
+
+def _calls(dependant: Dependant) -> set[Any]:
+    return {d.call for d in walk(dependant)}
+
+
+def requires_key(dependant: Dependant) -> bool:
+    """Whether a route needs the caller's key: it depends, however deep, on the owner."""
+    return _owner in _calls(dependant)
+
+
+def uses_store(dependant: Dependant) -> bool:
+    """Whether a route reads the database (a 503 when it is down): a session, or a key to look up."""
+    return bool({_session, _owner} & _calls(dependant))
+
+
+def is_idempotent(dependant: Dependant) -> bool:
+    """Whether a route honours Idempotency-Key (a 409 when one is reused with another body)."""
+    return _idempotent in _calls(dependant)

@@ -1,4 +1,4 @@
-"""Builds the FastAPI app: routers, error handlers, the body-size cap; nothing else lives here."""
+"""Builds the FastAPI app: routers, error handlers, the gate (key, content type, size), the OpenAPI errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors
+from api import errors, openapi
 from api.events import EventHub
-from api.limits import JsonBodyLimit
+from api.gate import Gate
 from api.routes import (
     catalog,
     compare,
@@ -37,7 +37,8 @@ and charts.
 needs none. Another owner's runs, experiments and jobs answer 404 and never appear in lists.
 
 **Limits** (defaults; set by the operator):
-- JSON request bodies: at most 1 MiB (`LRLAB_MAX_JSON_BODY_BYTES`) — 413 above. Dataset uploads (multipart) are
+- Request bodies: at most 1 MiB (`LRLAB_MAX_JSON_BODY_BYTES`) — 413 above; a JSON endpoint takes
+  `Content-Type: application/json` only — 415 otherwise. Dataset uploads (multipart) are
   not JSON: one file at most 2 GiB (`LRLAB_MAX_UPLOAD_BYTES`) — 413; an archive expanding past 4 GiB
   (`LRLAB_MAX_EXTRACTED_BYTES`) — 413; uploads stored per key at most 20 GiB (`LRLAB_MAX_STORAGE_BYTES_PER_KEY`) — 429.
 - A grid: at most 256 cells — 422 above (invalid input, not a quota).
@@ -79,8 +80,9 @@ def create_app() -> FastAPI:
     app.include_router(lr_finder.router)
     app.include_router(pbt.router)
     app.include_router(dashboard.router)
-    app.middleware("http")(metrics.time_requests)
-    app.add_middleware(JsonBodyLimit, max_bytes=lambda: get_settings().max_json_body_bytes)
+    app.add_middleware(Gate, max_json_bytes=lambda: get_settings().max_json_body_bytes)
+    app.middleware("http")(metrics.time_requests)  # outermost: it times the gate's refusals too
+    openapi.install(app)
     return app
 
 

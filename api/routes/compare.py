@@ -53,6 +53,9 @@ def _chart(session: SessionDep, runs: list[Run], chart: str, log: bool, title: s
 CHART_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {"image/svg+xml": {}, "image/png": {}}, "description": "The chart."}
 }
+RUNS_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "A run in ?runs= is unknown, or another owner's"}
+}
 
 
 @router.get("/v1/experiments/{experiment_id}/compare", response_model=Comparison)
@@ -68,7 +71,7 @@ def compare_experiment(
     return compare.compare(session, runs, metric=metric, target=target, max_points=max_points)
 
 
-@router.get("/v1/compare", response_model=Comparison)
+@router.get("/v1/compare", response_model=Comparison, responses=RUNS_RESPONSES)
 def compare_runs(
     session: SessionDep,
     owner: OwnerDep,
@@ -91,7 +94,7 @@ def experiment_chart(
     return _chart(session, experiments.members(session, experiment.id), chart, log, experiment.name)
 
 
-@router.get("/v1/compare/charts/{chart}", response_class=Response, responses=CHART_RESPONSES)
+@router.get("/v1/compare/charts/{chart}", response_class=Response, responses={**CHART_RESPONSES, **RUNS_RESPONSES})
 def compare_chart(
     session: SessionDep, owner: OwnerDep, chart: ChartPath, runs: RunsQuery, log: LogQuery = False
 ) -> Response:

@@ -16,8 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-from api.deps import DatasetDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import CursorDep, DatasetDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
+from api.gate import bad_char
 from lrlab import datasets, uploads
 from lrlab.blobs import get_blob_store
 from lrlab.models import Dataset
@@ -117,6 +118,8 @@ class _Form:
             if self.filename is not None:
                 raise ApiError(422, ["body", "file"], "one file per upload")
             self.filename = options[b"filename"].decode("utf-8", "replace")
+            if why := bad_char(self.filename):
+                raise ApiError(422, ["body", "file"], f"the file name {why}", "invalid_text")
         elif name in self.fields:
             raise ApiError(422, ["body", name], f"form field {name!r} given twice")
         else:
@@ -170,6 +173,8 @@ class _Form:
             raise ApiError(422, ["body", name], "must be UTF-8 text") from None
         if not value or len(value) > 200:
             raise ApiError(422, ["body", name], "must be 1 to 200 characters")
+        if why := bad_char(value):
+            raise ApiError(422, ["body", name], f"text {why}", "invalid_text")
         return value
 
 
@@ -294,16 +299,12 @@ async def upload_dataset(request: Request, session: SessionDep, owner: OwnerDep,
 def list_datasets(
     session: SessionDep,
     owner: OwnerDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorDep = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DatasetsPublic:
     """The caller's uploaded datasets, newest first."""
-    try:
-        rows, next_cursor = page(
-            session, select(Dataset).where(Dataset.owner == owner), Dataset, limit=limit, cursor=cursor
-        )
-    except ValueError as exc:
-        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    mine = select(Dataset).where(Dataset.owner == owner)
+    rows, next_cursor = page(session, mine, Dataset, limit=limit, cursor=cursor)
     return DatasetsPublic(data=[uploads.to_public(d) for d in rows], next_cursor=next_cursor)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import ExperimentDep, IdempotentDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import CursorDep, ExperimentDep, IdempotentDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
 from lrlab import experiments, leases, queue, store
@@ -22,7 +22,11 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExperimentCreated,
-    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+    responses={
+        404: {"description": "An uploaded dataset named by id is unknown, or another owner's"},
+        409: {"description": "Idempotency-Key reused"},
+        429: {"description": "Over quota"},
+    },
 )
 def create_experiment(
     request: ExperimentCreate,
@@ -60,15 +64,12 @@ def create_experiment(
 def list_experiments(
     session: SessionDep,
     owner: OwnerDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorDep = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ExperimentsPublic:
-    try:
-        rows, next_cursor = store.page(
-            session, select(Experiment).where(Experiment.owner == owner), Experiment, limit=limit, cursor=cursor
-        )
-    except ValueError as exc:
-        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    rows, next_cursor = store.page(
+        session, select(Experiment).where(Experiment.owner == owner), Experiment, limit=limit, cursor=cursor
+    )
     return ExperimentsPublic(data=[experiments.to_public(session, e) for e in rows], next_cursor=next_cursor)
 
 

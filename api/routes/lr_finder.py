@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_lr_finder_quota
 from lrlab import leases, lr_finder, queue, store
@@ -24,7 +24,11 @@ router = APIRouter(prefix="/v1/lr-finder", tags=["lr-finder"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=LrFinderPublic,
-    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+    responses={
+        404: {"description": "An uploaded dataset named by id is unknown, or another owner's"},
+        409: {"description": "Idempotency-Key reused"},
+        429: {"description": "Over quota"},
+    },
 )
 def create_lr_finder(
     request: LrFinderCreate,
@@ -54,15 +58,12 @@ def create_lr_finder(
 def list_lr_finders(
     session: SessionDep,
     owner: OwnerDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorDep = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> LrFindersPublic:
-    try:
-        rows, next_cursor = store.page(
-            session, select(LrFinder).where(LrFinder.owner == owner), LrFinder, limit=limit, cursor=cursor
-        )
-    except ValueError as exc:
-        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    rows, next_cursor = store.page(
+        session, select(LrFinder).where(LrFinder.owner == owner), LrFinder, limit=limit, cursor=cursor
+    )
     return LrFindersPublic(data=[lr_finder.to_public(j) for j in rows], next_cursor=next_cursor)
 
 

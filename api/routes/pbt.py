@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import IdempotentDep, OwnerDep, PbtDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, OwnerDep, PbtDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
 from lrlab import queue, store
@@ -28,7 +28,11 @@ MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PbtCreated,
-    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+    responses={
+        404: {"description": "An uploaded dataset named by id is unknown, or another owner's"},
+        409: {"description": "Idempotency-Key reused"},
+        429: {"description": "Over quota"},
+    },
 )
 def create_pbt(
     request: PbtCreate,
@@ -62,14 +66,11 @@ def create_pbt(
 def list_pbts(
     session: SessionDep,
     owner: OwnerDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorDep = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> PbtsPublic:
     """Newest first. Members come without their points: GET one population for its curves."""
-    try:
-        rows, next_cursor = store.page(session, select(Pbt).where(Pbt.owner == owner), Pbt, limit=limit, cursor=cursor)
-    except ValueError as exc:
-        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    rows, next_cursor = store.page(session, select(Pbt).where(Pbt.owner == owner), Pbt, limit=limit, cursor=cursor)
     return PbtsPublic(data=[rounds.to_public(session, p, curves=False) for p in rows], next_cursor=next_cursor)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.deps import IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.quota import check_quota
 from lrlab import analysis, leases, queue, store
@@ -27,7 +27,11 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RunCreated,
-    responses={409: {"description": "Idempotency-Key reused"}, 429: {"description": "Over quota"}},
+    responses={
+        404: {"description": "An uploaded dataset named by id is unknown, or another owner's"},
+        409: {"description": "Idempotency-Key reused"},
+        429: {"description": "Over quota"},
+    },
 )
 def create_run(
     spec: RunSpec, session: SessionDep, owner: OwnerDep, idem: IdempotentDep, settings: SettingsDep, response: Response
@@ -56,16 +60,13 @@ def list_runs(
     status: RunStatus | None = None,
     dataset: Annotated[str | None, Query(max_length=520, description="Dataset name, or file:<path>.")] = None,
     optimizer: Annotated[str | None, Query(max_length=16)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorDep = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> RunsPublic:
     """Newest first; pass `next_cursor` back as `cursor` for the next page."""
-    try:
-        rows, next_cursor = store.list_runs(
-            session, owner=owner, limit=limit, status=status, dataset=dataset, optimizer=optimizer, cursor=cursor
-        )
-    except ValueError as exc:
-        raise ApiError(422, ["query", "cursor"], str(exc)) from exc
+    rows, next_cursor = store.list_runs(
+        session, owner=owner, limit=limit, status=status, dataset=dataset, optimizer=optimizer, cursor=cursor
+    )
     return RunsPublic(data=[store.to_public(r) for r in rows], next_cursor=next_cursor)
 
 
@@ -100,7 +101,9 @@ def get_curves(
     return Curves.model_validate({"run_id": run.id, "points": pts, **sampling})
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic)
+@router.post(
+    "/{run_id}/cancel", response_model=RunPublic, responses={409: {"description": "The run is already finished"}}
+)
 def cancel_run(run: RunDep, session: SessionDep) -> RunPublic:
     """A queued run is cancelled at once; a running one stops at the end of its current epoch. A member of a
     population based training cannot go on alone: the whole population is cancelled (POST /v1/pbt/{id}/cancel)."""

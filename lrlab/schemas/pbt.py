@@ -47,14 +47,17 @@ class LogUniform(Strict):
     log_uniform: tuple[
         Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]
     ] = Field(
-        description="[low, high]: sampled uniformly in log space; perturbed by multiplying (a step in log space)."
+        strict=False,
+        description="[low, high]: sampled uniformly in log space; perturbed by multiplying (a step in log space).",
     )
 
     _order = field_validator("log_uniform")(_low_below_high)
 
 
 class Uniform(Strict):
-    uniform: tuple[Bound, Bound] = Field(description="[low, high]: sampled uniformly; perturbed by multiplying.")
+    uniform: tuple[Bound, Bound] = Field(
+        strict=False, description="[low, high]: sampled uniformly; perturbed by multiplying."
+    )
 
     _order = field_validator("uniform")(_low_below_high)
 

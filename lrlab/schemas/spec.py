@@ -14,9 +14,11 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors: a typo such as `momentun` must not be silently ignored."""
+    """Unknown fields are errors: a typo such as `momentun` must not be silently ignored. Values are not coerced
+    (pydantic's strict mode): `"lr": true` or `"epochs": "2"` is a 422, not 1.0 and 2; an integer is still a
+    valid float. A pair (`betas`) may come as a list, as JSON sends it: mark such fields `strict=False`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Lr = Annotated[
@@ -139,7 +141,7 @@ class RmspropSpec(Strict):
 class AdamSpec(Strict):
     name: Literal["adam"]
     lr: Lr = 1e-3
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False)
     eps: Eps = 1e-8
     weight_decay: WeightDecay = 0.0
     amsgrad: bool = False

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from lrlab import auth as auth_keys
+from lrlab.db import session_scope
 from tests.conftest import ROOT, make_key
 
 pytestmark = pytest.mark.service
@@ -168,3 +170,25 @@ def test_keys_cli_create_list_revoke(api_client: Any, service_env: dict[str, str
     assert cli("revoke", "cli-made").returncode == 0
     assert api_client.get("/v1/runs", headers=auth(key)).status_code == 401
     assert cli("revoke", "no-such-key").returncode == 1
+
+
+def test_keyless_requests_are_401_whatever_their_body(api_client: Any) -> None:
+    """The key is checked first, before the Content-Type or the size of a body that is never read."""
+    revoked = make_key("revoked soon")
+    with session_scope() as session:
+        auth_keys.revoke_key(session, "revoked soon")
+    big = b"x" * (3 << 20)
+    for headers in ({"Authorization": ""}, auth("lrlab_unknown"), auth(revoked)):
+        for content_type in ("multipart/form-data; boundary=x", "application/json", "text/plain"):
+            resp = api_client.post("/v1/runs", content=big, headers={**headers, "content-type": content_type})
+            assert resp.status_code == 401, (headers, content_type, resp.text)
+            assert resp.headers["www-authenticate"] == "Bearer"
+        resp = api_client.post(f"/v1/runs/{uuid.uuid4()}/cancel", headers=headers)
+        assert resp.status_code == 401
+
+
+def test_public_pages_need_no_key(api_client: Any) -> None:
+    nobody = {"Authorization": ""}
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/", f"/runs/{uuid.uuid4()}"):
+        assert api_client.get(path, headers=nobody).status_code == 200, path
+    assert api_client.get("/v1/catalog", headers=nobody).status_code == 401

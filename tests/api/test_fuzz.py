@@ -1,11 +1,14 @@
-"""Schemathesis against /openapi.json: no 5xx for anything a caller can send, responses match the schema.
+"""Schemathesis against /openapi.json: no 5xx for anything a caller can send, every status code documented,
+responses match the schema.
 
-Runs on its own Redis db number with no worker consuming it, so the runs it creates are never trained; a
-capped number of examples per operation keeps it short.
+Its runs go to a Redis db number of its own, claimed like the test run's (tests/conftest.py), that no worker
+consumes, so they are never trained; afterwards its own queued work is cancelled (no one else's) and that db
+is flushed and released. A capped number of examples per operation keeps it short.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 from sqlalchemy import update
 
 from api.main import create_app
@@ -24,18 +27,39 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
-def fuzz_key(service_env: dict[str, str]) -> Iterator[str]:
-    """A key of its own whose runs land on a broker db nothing consumes; they are cancelled afterwards."""
+def quiet_broker(redis_url: str) -> Iterator[str]:
+    """A free Redis db number besides the run's own, claimed with the same lock keys in db 0."""
+    host = redis_url.rsplit("/", 1)[0]
+    admin = redis.Redis.from_url(f"{host}/0")
+    token = uuid.uuid4().hex
+    db = next((n for n in range(1, 16) if admin.set(f"lrlab-test-lock:{n}", token, nx=True, ex=3600)), None)
+    if db is None:
+        pytest.fail("no free Redis db number for the fuzz test's broker")
+    url = f"{host}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        if admin.get(f"lrlab-test-lock:{db}") == token.encode():
+            admin.delete(f"lrlab-test-lock:{db}")
+
+
+@pytest.fixture(scope="module")
+def fuzz_key(service_env: dict[str, str], quiet_broker: str) -> Iterator[str]:
+    """A key of its own whose work lands on the quiet broker; that work alone is cancelled afterwards."""
+    from lrlab import auth
     from lrlab.db import session_scope
-    from lrlab.models import Run
+    from lrlab.models import LrFinder, Pbt, Run
 
     key = make_key("fuzz")
-    quiet = service_env["LRLAB_BROKER_URL"].rsplit("/", 1)[0] + "/0"
-    with settings_env(LRLAB_BROKER_URL=quiet):
+    with settings_env(LRLAB_BROKER_URL=quiet_broker):
         yield key
-    redis.Redis.from_url(quiet).delete("cpu", "gpu")
     with session_scope() as s:
-        s.execute(update(Run).where(Run.status == "queued").values(status="cancelled"))
+        owner = auth.owner_of(s, key)
+        for model in (Run, LrFinder, Pbt):
+            active = model.status.in_(("queued", "running"))
+            s.execute(update(model).where(model.owner == owner, active).values(status="cancelled"))
 
 
 # The app reads its settings per request, so building it (and its schema) at import needs no services.
@@ -46,5 +70,6 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_never_500_and_conforms(case: Any, fuzz_key: str) -> None:
     case.call_and_validate(
-        headers={"Authorization": f"Bearer {fuzz_key}"}, checks=[not_a_server_error, response_schema_conformance]
+        headers={"Authorization": f"Bearer {fuzz_key}"},
+        checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
     )
