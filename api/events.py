@@ -1,8 +1,17 @@
-"""Wakes server-sent-event streams when their run changes, with no database poll per client.
+"""Open event streams, and what wakes and feeds them: no pooled database connection is held while a stream waits.
 
 Postgres: one LISTEN connection per api process; triggers on curve_point and run (migration 0005) NOTIFY
 `lrlab_run` with the run id. SQLite (the embedded default): one watcher thread polls the store for the runs
-being watched, twice a second, and wakes their clients.
+being watched, twice a second. Either way the run's Feed counts the change and wakes its streams.
+
+A Feed is what this process knows of one watched run: its status and its newest points. However many streams
+watch the run, one short read (the points after the feed's last epoch, in SQL) brings it up to date after a
+change, and every stream takes what it lacks from it; a stream further behind than the feed's tail (a new
+stream on a long run) reads on its own once.
+
+The hub also counts the open streams, per key and per process, against LRLAB_MAX_STREAMS_PER_KEY and
+LRLAB_MAX_STREAMS_PER_PROCESS, and re-checks the keys behind them once per keep-alive interval (one query
+for all of this process's streams): a revoked key's streams are told so and closed.
 """
 
 from __future__ import annotations
@@ -10,55 +19,183 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
+from lrlab import store
 from lrlab.db import session_scope
-from lrlab.models import CurvePoint, Run
+from lrlab.models import LOCAL_OWNER, ApiKey, CurvePoint, Run
+from lrlab.schemas.runs import RunStatus
 from lrlab.settings import get_settings
 
 log = logging.getLogger(__name__)
 CHANNEL = "lrlab_run"
+READS_AT_ONCE = 4  # reads for streams use this many pooled connections at most, leaving the rest to requests
+TAIL = 256  # points a feed keeps: a stream further behind reads its own
+
+
+def read_run(run_id: str, after_epoch: int) -> tuple[list[dict[str, Any]], str]:
+    """The run's points after `after_epoch` and its status, in one short session.
+
+    Status first: once it reads finished, every point was committed before it, so the point read sees them all.
+    A run deleted meanwhile reads as failed.
+    """
+    with session_scope() as s:
+        status = s.scalar(select(Run.status).where(Run.id == run_id))
+        return store.points(s, run_id, after_epoch), status or RunStatus.failed.value
+
+
+@dataclass(eq=False)
+class Feed:
+    """What this process knows of one watched run, shared by the streams that watch it (event loop only)."""
+
+    run_id: str
+    streams: set[Stream] = field(default_factory=set)
+    changes: int = 0  # changes notified so far
+    read_after: int = -1  # `changes` when the newest read began: that read saw every change notified before it
+    status: str = ""
+    last_epoch: int = 0
+    tail: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=TAIL))
+    reading: asyncio.Future[None] | None = None
+
+    def covers(self, after_epoch: int) -> bool:
+        """Whether the tail holds every point after `after_epoch`."""
+        return after_epoch >= (self.tail[0]["epoch"] - 1 if self.tail else self.last_epoch)
+
+    def merge(self, began_at: int, after_epoch: int, points: list[dict[str, Any]], status: str) -> None:
+        """Take a read that began when `began_at` changes were notified, if it is newer and joins the tail."""
+        if began_at < self.read_after or after_epoch > self.last_epoch:
+            return
+        for p in points:
+            if p["epoch"] > self.last_epoch:
+                self.tail.append(p)
+                self.last_epoch = p["epoch"]
+        self.status, self.read_after = status, began_at
+
+
+@dataclass(eq=False)
+class Stream:
+    """One open GET /v1/runs/{id}/events: woken when its run changes, or when its key is revoked."""
+
+    feed: Feed
+    owner: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    revoked: bool = False
+
+
+class StreamLimit(Exception):
+    def __init__(self, per: str, limit: int) -> None:
+        super().__init__(f"{limit} open event streams per {per}")
+        self.per, self.limit = per, limit
 
 
 class EventHub:
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._lock = threading.Lock()
+        settings = get_settings()
+        self.max_per_key = settings.max_streams_per_key
+        self.max_per_process = settings.max_streams_per_process
+        self.keepalive_seconds = settings.events_keepalive_seconds
+        self._check_keys = settings.auth == "required"
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
+        self._feeds: dict[str, Feed] = {}  # by run id
+        self._per_owner: Counter[str] = Counter()
+        self._lock = threading.Lock()  # the watcher threads read the feeds and owners
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         url = get_settings().database_url
-        target = self._listen if url.startswith("postgresql") else self._poll
-        self._thread = threading.Thread(target=target, args=(url,), name="lrlab-events", daemon=True)
-        self._thread.start()
+        watch: Callable[[str], None] = self._listen if url.startswith("postgresql") else self._poll
+        threading.Thread(target=watch, args=(url,), name="lrlab-events", daemon=True).start()
+        if self._check_keys:
+            threading.Thread(target=self._watch_keys, name="lrlab-events-keys", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def subscribe(self, run_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        with self._lock:
-            self._waiters[run_id].add(event)
-        return event
+    # --- on the event loop ------------------------------------------------------------------------
 
-    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+    def open(self, run_id: str, owner: str) -> Stream:
+        """Count a new stream in, or raise StreamLimit."""
         with self._lock:
-            self._waiters[run_id].discard(event)
-            if not self._waiters[run_id]:
-                del self._waiters[run_id]
+            if self._per_owner.total() >= self.max_per_process:
+                raise StreamLimit("process", self.max_per_process)
+            if self._per_owner[owner] >= self.max_per_key:
+                raise StreamLimit("key", self.max_per_key)
+            feed = self._feeds.get(run_id) or self._feeds.setdefault(run_id, Feed(run_id))
+            stream = Stream(feed, owner)
+            feed.streams.add(stream)
+            self._per_owner[owner] += 1
+        return stream
 
-    def _wake(self, run_id: str) -> None:
+    def close(self, stream: Stream) -> None:
+        """Count a stream out (again is harmless)."""
         with self._lock:
-            events = list(self._waiters.get(run_id, ()))
-        if events and self._loop is not None:
-            for event in events:
-                self._loop.call_soon_threadsafe(event.set)
+            feed = stream.feed
+            if stream not in feed.streams:
+                return
+            feed.streams.discard(stream)
+            if not feed.streams and self._feeds.get(feed.run_id) is feed:
+                del self._feeds[feed.run_id]
+            self._per_owner[stream.owner] -= 1
+            if not self._per_owner[stream.owner]:
+                del self._per_owner[stream.owner]
+
+    async def since(self, stream: Stream, after_epoch: int, changes: int) -> tuple[list[dict[str, Any]], str]:
+        """The run's points after `after_epoch` and its status, as read after the first `changes` changes.
+
+        One read serves every stream of the run woken by the same change; a stream behind the tail reads alone.
+        """
+        feed = stream.feed
+        while feed.read_after < changes:
+            if feed.reading is None:
+                feed.reading = asyncio.ensure_future(self._refresh(feed))
+                feed.reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # read by its waiters
+            await asyncio.shield(feed.reading)
+        if feed.covers(after_epoch):
+            return [p for p in feed.tail if p["epoch"] > after_epoch], feed.status
+        began_at = feed.changes
+        points, status = await self._read(feed.run_id, after_epoch)
+        feed.merge(began_at, after_epoch, points, status)
+        return points, status
+
+    async def _refresh(self, feed: Feed) -> None:
+        began_at, after_epoch = feed.changes, feed.last_epoch
+        try:
+            points, status = await self._read(feed.run_id, after_epoch)
+            feed.merge(began_at, after_epoch, points, status)
+        finally:
+            feed.reading = None
+
+    async def _read(self, run_id: str, after_epoch: int) -> tuple[list[dict[str, Any]], str]:
+        async with self._reads:
+            return await run_in_threadpool(read_run, run_id, after_epoch)
+
+    def _changed(self, run_id: str) -> None:
+        feed = self._feeds.get(run_id)
+        if feed is not None:
+            feed.changes += 1
+            for stream in feed.streams:
+                stream.wake.set()
+
+    def _end(self, streams: list[Stream]) -> None:
+        for stream in streams:
+            stream.revoked = True
+            stream.wake.set()
+
+    # --- from the watcher threads -----------------------------------------------------------------
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
 
     def _listen(self, url: str) -> None:
         dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -66,9 +203,13 @@ class EventHub:
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    with self._lock:  # whatever changed while no one listened is read now
+                        watched = list(self._feeds)
+                    for run_id in watched:
+                        self._call(self._changed, run_id)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            self._wake(note.payload)
+                            self._call(self._changed, note.payload)
             except Exception:
                 log.warning("event listener lost its connection; reconnecting", exc_info=True)
                 self._stop.wait(1.0)
@@ -77,7 +218,7 @@ class EventHub:
         seen: dict[str, tuple[int, str]] = {}
         while not self._stop.wait(0.5):
             with self._lock:
-                watched = list(self._waiters)
+                watched = list(self._feeds)
             if not watched:
                 continue
             try:
@@ -97,4 +238,26 @@ class EventHub:
                 state = (counts.get(run_id, 0), statuses.get(run_id, ""))
                 if seen.get(run_id) != state:
                     seen[run_id] = state
-                    self._wake(run_id)
+                    self._call(self._changed, run_id)
+
+    def _watch_keys(self) -> None:
+        """Once per keep-alive interval: one query for the keys behind every open stream; revoked ones close."""
+        while not self._stop.wait(self.keepalive_seconds):
+            with self._lock:
+                owners = set(self._per_owner) - {LOCAL_OWNER}
+            if not owners:
+                continue
+            try:
+                with session_scope() as s:
+                    live = set(s.scalars(select(ApiKey.id).where(ApiKey.id.in_(owners), ApiKey.revoked_at.is_(None))))
+            except SQLAlchemyError:
+                log.warning("could not re-check the keys of open event streams", exc_info=True)
+                continue
+            if gone := owners - live:
+                self.revoke(gone)
+
+    def revoke(self, owners: set[str]) -> None:
+        """End the streams of these owners: each sends one `error` event and closes."""
+        with self._lock:
+            streams = [s for feed in self._feeds.values() for s in feed.streams if s.owner in owners]
+        self._call(self._end, streams)

@@ -38,9 +38,13 @@ def dumps_json(value: Any) -> str:
         return json.dumps(finite(value), allow_nan=False)
 
 
-@functools.cache
 def get_engine(url: str | None = None) -> Engine:
-    url = url or get_settings().database_url
+    """The process's engine for `url` (default: the settings'): one pool, whichever way it is asked for."""
+    return _engine(url or get_settings().database_url)
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=dumps_json
@@ -55,8 +59,17 @@ def get_engine(url: str | None = None) -> Engine:
             cur.close()
 
         return engine
-    # A fused pack holds one connection per member's progress writer (up to MAX_PACK_MEMBERS).
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=30, json_serializer=dumps_json)
+    # A fused pack holds one connection per member's progress writer (up to MAX_PACK_MEMBERS): the overflow.
+    # An exhausted pool raises sqlalchemy.exc.TimeoutError after pool_timeout: the API answers 503 (api/errors.py).
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        json_serializer=dumps_json,
+    )
 
 
 @functools.cache
@@ -73,6 +86,6 @@ def session_scope() -> Iterator[Session]:
 
 def reset_caches() -> None:
     """Forget engines and settings (tests point the settings at a new database)."""
-    get_engine.cache_clear()
+    _engine.cache_clear()
     get_sessionmaker.cache_clear()
     get_settings.cache_clear()

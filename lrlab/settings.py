@@ -56,6 +56,25 @@ class Settings(BaseSettings):
         200.0, gt=1, description="An archive member (or a .tar.gz) expanding over this x its packed size is refused."
     )
     idempotency_ttl_hours: float = Field(24.0, ge=24, description="How long an Idempotency-Key is remembered.")
+    max_streams_per_key: int = Field(
+        100, ge=1, description="Open event streams (GET /v1/runs/{id}/events) one key may hold on one API process."
+    )
+    max_streams_per_process: int = Field(
+        1000, ge=1, description="Open event streams one API process serves at once, all keys together (429 above)."
+    )
+    events_keepalive_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="An idle event stream gets a comment this often; a revoked key's streams close within it.",
+    )
+    db_pool_size: int = Field(5, ge=1, description="Database connections each process keeps open (Postgres).")
+    db_max_overflow: int = Field(
+        30, ge=0, description="Connections a process may open beyond the pool under load (a fused pack needs some)."
+    )
+    db_pool_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long a request waits for a free connection before a 503 with Retry-After."
+    )
     lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker is silent this long is requeued.")
     reconcile_seconds: float = Field(5.0, gt=0, description="How often each worker looks for lost or unsent runs.")
     redispatch_seconds: float = Field(

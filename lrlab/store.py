@@ -189,8 +189,13 @@ def point_public(row: CurvePoint) -> dict[str, Any]:
     }
 
 
-def points(session: Session, run_id: str) -> list[dict[str, Any]]:
-    rows = session.scalars(select(CurvePoint).where(CurvePoint.run_id == run_id).order_by(CurvePoint.epoch))
+def points(session: Session, run_id: str, after_epoch: int = 0) -> list[dict[str, Any]]:
+    """The run's points in epoch order; `after_epoch` skips the ones a caller already has (in SQL)."""
+    rows = session.scalars(
+        select(CurvePoint)
+        .where(CurvePoint.run_id == run_id, CurvePoint.epoch > after_epoch)
+        .order_by(CurvePoint.epoch)
+    )
     return [point_public(r) for r in rows]
 
 
