@@ -71,6 +71,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+# Exit statuses: 1 a run (or population) ended failed; 2 refused (bad input, an unknown id, a 4xx);
+# 3 the service (or, for server commands, the database) could not be reached.
+EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 2, 3
+
 
 def _die_with_parent() -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown, so `lrlab up` may end before its `finally`
@@ -81,35 +85,88 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+# `lrlab up` and everything it started are gone this long after a Ctrl-C or SIGTERM; the worker gets what the
+# API's shutdown leaves of it (it hands its run back within an epoch, or within HAND_BACK_SECONDS: worker/progress.py).
+UP_STOP_SECONDS = 8.5
+# Open event streams would hold uvicorn's graceful shutdown forever: they are cut after this.
+API_GRACE_SECONDS = 2
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """API and one worker on this machine; with no LRLAB_* URLs set, no servers are needed at all."""
     import uvicorn
 
     from lrlab.migrate import upgrade
 
-    # On loopback only this machine's users can call: no keys, unless the environment asks for them.
-    if args.host in LOOPBACK:
-        os.environ.setdefault("LRLAB_AUTH", "disabled")
-    get_settings.cache_clear()
-    settings = get_settings()
-    settings.ensure_dirs()
-    upgrade()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "lrlab.cli", "worker", "--concurrency", "1", "--loglevel", args.loglevel],
-        env={**os.environ, "LRLAB_DATA_DIR": str(settings.data_dir)},
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    keys = "no API keys (loopback)" if settings.auth == "disabled" else "API keys required (lrlab keys create)"
-    print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs; {keys}", flush=True)
+    worker: subprocess.Popen[bytes] | None = None
+    stopping_since: list[float] = []
+    caught: list[int] = []  # the signals uvicorn handled
+
+    def stop_worker() -> None:  # at the first signal, not after the API's shutdown: the two overlap
+        if not stopping_since:
+            stopping_since.append(time.monotonic())
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)  # warm shutdown: the run in training is handed back
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            caught.append(sig)
+            stop_worker()
+            super().handle_exit(sig, frame)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        # Before uvicorn serves, and after: it raises again the signals it caught once it has shut down (then
+        # there is nothing more to interrupt). A signal while the worker stops changes nothing: it has its
+        # deadline.
+        first = not stopping_since
+        stop_worker()
+        if first:
+            raise _Interrupted(signum)
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
-        uvicorn.run("api.main:app", host=args.host, port=args.port, log_level=args.loglevel.lower())
+        # On loopback only this machine's users can call: no keys, unless the environment asks for them.
+        if args.host in LOOPBACK:
+            os.environ.setdefault("LRLAB_AUTH", "disabled")
+        get_settings.cache_clear()
+        settings = get_settings()
+        settings.ensure_dirs()
+        upgrade()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "lrlab.cli", "worker", "--concurrency", "1", "--loglevel", args.loglevel],
+            env={**os.environ, "LRLAB_DATA_DIR": str(settings.data_dir)},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        keys = "no API keys (loopback)" if settings.auth == "disabled" else "API keys required (lrlab keys create)"
+        print(f"lrlab: data in {settings.data_dir}; API on http://{args.host}:{args.port}/docs; {keys}", flush=True)
+        config = uvicorn.Config(
+            "api.main:app",
+            host=args.host,
+            port=args.port,
+            log_level=args.loglevel.lower(),
+            timeout_graceful_shutdown=API_GRACE_SECONDS,
+        )
+        Server(config).run()
+        return 128 + caught[0] if caught else 1  # without a signal, the API ended on its own
+    except _Interrupted as exc:
+        return 128 + exc.signum
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    return 0
+        stop_worker()
+        if worker is not None:
+            left = stopping_since[0] + UP_STOP_SECONDS - time.monotonic()
+            try:
+                worker.wait(timeout=max(left, 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("the worker did not stop within %.0f s: killed", UP_STOP_SECONDS)
+                worker.kill()
+                worker.wait()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -148,13 +205,42 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.url, args.key)
 
 
+def _say(line: str) -> None:
+    """Prose for people, on stderr: stdout carries only what a script reads (ids, tables, JSON)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class CliError(Exception):
+    """A failure the command explains in one line on stderr, exiting with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _read_json_object(file: str) -> dict[str, Any]:
+    """The JSON object in `file` (- for stdin); a CliError that names the file and the problem otherwise."""
+    name = "stdin" if file == "-" else file
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{name}: no such file") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{name}: not UTF-8 text") from None
+    except OSError as exc:
+        raise CliError(f"{name}: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{name} must hold a JSON object ({{...}}), not {type(value).__name__}")
+    return value
+
+
 def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    if args.file:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        spec: dict[str, Any] = json.loads(text)
-    else:
-        spec = {}
-    if "pbt_id" in spec and "run" in spec:  # `lrlab pbt schedule ID | lrlab submit -`: replay its run spec
+    spec = _read_json_object(args.file) if args.file else {}
+    if "pbt_id" in spec and isinstance(spec.get("run"), dict):  # `lrlab pbt schedule ID | lrlab submit -`
         spec = dict(spec["run"])
     optimizer = dict(spec.get("optimizer") or {})
     if args.optimizer:
@@ -172,29 +258,27 @@ def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """A run spec (file, - for stdin, or flags), or an experiment when the file has a `grid`."""
-    from lrlab.client import ApiError
+    """A run spec (file, - for stdin, or flags), or an experiment when the file has a `grid`.
 
+    Prints the id alone on stdout (ID=$(lrlab submit ...)); what it is and, with --wait, how it ended, on stderr.
+    """
     lab = _client(args)
     body = _spec_from_args(args)
-    try:
-        if "grid" in body:
-            created = lab.submit_experiment(body)
-            print(f"experiment {created.id}: {len(created.runs)} runs")
-            ids = created.runs
-        else:
-            run = lab.submit_run(body)
-            print(f"run {run.id} {run.status.value}")
-            ids = [run.id]
-        if args.wait:
-            runs = lab.wait(ids, poll=args.poll, progress=False)
-            for r in runs:
-                best = r.summary.best_val_accuracy if r.summary else None
-                print(f"{r.id} {r.status.value} best_val_accuracy={best}")
-            return 0 if all(r.status.value in ("succeeded", "diverged") for r in runs) else 1
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if "grid" in body:
+        experiment = lab.submit_experiment(body)
+        _say(f"experiment {experiment.id}: {len(experiment.runs)} runs")
+        submitted, ids = experiment.id, experiment.runs
+    else:
+        run = lab.submit_run(body)
+        _say(f"run {run.id} {run.status.value}")
+        submitted, ids = run.id, [run.id]
+    print(submitted, flush=True)
+    if args.wait:
+        runs = lab.wait(ids, poll=args.poll, progress=False)
+        for r in runs:
+            best = r.summary.best_val_accuracy if r.summary else None
+            _say(f"{r.id} {r.status.value} best_val_accuracy={best}")
+        return 0 if all(r.status.value in ("succeeded", "diverged") for r in runs) else EXIT_FAILED
     return 0
 
 
@@ -263,16 +347,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_pbt_submit(args: argparse.Namespace) -> int:
-    """A population (PbtCreate JSON, - for stdin); prints its id."""
-    from lrlab.client import ApiError
-
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    try:
-        created = _client(args).submit_pbt(json.loads(text))
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"population {created.id}: {len(created.runs)} members")
+    """A population (PbtCreate JSON, - for stdin); prints its id alone on stdout, its size on stderr."""
+    created = _client(args).submit_pbt(_read_json_object(args.file))
+    _say(f"population {created.id}: {len(created.runs)} members")
+    print(created.id, flush=True)
     return 0
 
 
@@ -325,13 +403,7 @@ def cmd_pbt_watch(args: argparse.Namespace) -> int:
 
 def cmd_pbt_schedule(args: argparse.Namespace) -> int:
     """The discovered schedule as JSON: its `run` is a run spec (`lrlab submit -` takes the whole document)."""
-    from lrlab.client import ApiError
-
-    try:
-        found = _client(args).pbt_schedule(args.pbt_id)
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    found = _client(args).pbt_schedule(args.pbt_id)
     print(json.dumps(found.model_dump(mode="json"), indent=2))
     return 0
 
@@ -460,7 +532,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     # LRLAB_LOG_FORMAT=json: one JSON object per line, with the run id of the task that logged it
     configure(getattr(args, "loglevel", "INFO"), get_settings().log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the client commands' output
-    return int(args.func(args) or 0)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, on every import
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C on watch or --wait: the run goes on; nothing to explain
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lrlab runs | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        explained = _explain(exc, args)
+        if explained is None:
+            raise
+        command = " ".join(filter(None, [args.command, getattr(args, f"{args.command}_command", None)]))
+        print(f"lrlab {command}: error: {explained.args[0]}", file=sys.stderr)
+        return explained.code
+
+
+def _explain(exc: Exception, args: argparse.Namespace) -> CliError | None:
+    """One line for what a user can meet and act on; None for a bug, which keeps its traceback."""
+    if isinstance(exc, CliError):
+        return exc
+    if "httpx" in sys.modules:  # a client command: the service refused, or could not be reached
+        import httpx
+
+        from lrlab.client import ApiError
+
+        url = getattr(args, "url", None) or os.environ.get("LRLAB_URL") or "http://127.0.0.1:8000"
+        if isinstance(exc, ApiError):
+            return CliError(str(exc), EXIT_REFUSED)
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            hint = "start it with `lrlab up`, or point LRLAB_URL (or --url) at a running one"
+            return CliError(f"no lrlab API at {url} ({_reason(exc)}): {hint}", EXIT_UNREACHABLE)
+        if isinstance(exc, httpx.TimeoutException):
+            return CliError(f"the lrlab API at {url} did not answer in time ({_reason(exc)})", EXIT_UNREACHABLE)
+        if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+            return CliError(f"the lrlab API at {url}: {_reason(exc)}", EXIT_UNREACHABLE)
+    if "sqlalchemy" in sys.modules:  # a server command (keys, db): its database
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, OperationalError):
+            from sqlalchemy.engine import make_url
+
+            where = make_url(get_settings().database_url).render_as_string(hide_password=True)
+            return CliError(f"the database at {where} is unreachable ({_reason(exc.orig)})", EXIT_UNREACHABLE)
+    return None
+
+
+def _reason(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

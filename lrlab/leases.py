@@ -158,6 +158,30 @@ def finish_run(run_id: str, token: str, **values: Any) -> bool:
         return bool(moved)
 
 
+def release_run(run_id: str, token: str) -> bool:
+    """Hand a run back at once, as the reconciler would once its lease expired: queued, no lease, unsent.
+
+    For a worker shutting down: its last checkpoint stays, so whichever worker claims the run next resumes
+    from there. Its message is sent by the next reconciler pass (any live worker's, or this host's first once
+    it starts again), not from here, where the worker shutting down could receive it itself. A run whose
+    cancel was asked for ends cancelled instead. The hand-back is not a lost worker, so it does not count
+    towards MAX_ATTEMPTS. False: the lease was not mine any more, nothing written.
+    """
+    with session_scope() as session:
+        run = session.scalars(
+            select(Run).where(Run.id == run_id, Run.lease_token == token, Run.status == RUNNING).with_for_update()
+        ).one_or_none()
+        if run is None:
+            return False
+        run.lease_token, run.lease_expires_at = None, None
+        if run.cancel_requested:
+            run.status, run.finished_at = RunStatus.cancelled.value, utcnow()
+            session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+            return True
+        run.status, run.dispatched_at, run.attempts = QUEUED, None, max(run.attempts - 1, 0)
+        return True
+
+
 # --- lr-finder jobs: the same claim, lease and outcome rules ----------------------------------------
 
 

@@ -3,15 +3,22 @@ the reconciler (lrlab.leases.reconcile) that requeues runs of dead workers and s
 
 Both threads start on worker_ready, which fires in the main process only: with the prefork pool that is the
 parent, which never trains (so never imports torch), and each worker host reconciles once, not per child.
+
+A warm shutdown (SIGTERM, or the first Ctrl-C) hands the runs in training back rather than waiting for them to
+end: each stops at the end of its epoch, checkpointed, and is queued again at once (worker/progress.py).
+Celery tells the main process, where the solo pool trains; prefork children hear it through an event they
+inherit when forked.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import random
 import socket
 import threading
+from typing import Any
 
 from celery import signals
 from celery.apps.worker import Worker
@@ -22,6 +29,7 @@ from lrlab.db import session_scope
 from lrlab.models import WorkerHeartbeat, utcnow
 from lrlab.queue import GPU_QUEUE, make_celery
 from lrlab.settings import get_settings
+from worker import progress
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ app.conf.include = ["worker.tasks"]
 app.conf.worker_proc_alive_timeout = 60.0
 
 _stop = threading.Event()
+_children_shutting_down: Any = None  # a multiprocessing Event made before the prefork pool forks
 
 
 def _beat(hostname: str, queues: list[str]) -> None:
@@ -110,8 +119,31 @@ def _warm_main_process(sender: object, **_: object) -> None:
         _warm_up()
 
 
+@signals.worker_init.connect
+def _share_shutdown(**_: object) -> None:
+    global _children_shutting_down
+    _children_shutting_down = multiprocessing.get_context("fork").Event()
+
+
+@signals.worker_shutting_down.connect
+def _begin_hand_back(**_: object) -> None:
+    # Sent from Celery's signal handler in the main process: only set events here.
+    progress.shutting_down.set()
+    _stop.set()  # no more reconciler passes: one would send the runs handed back here to this worker
+    if _children_shutting_down is not None:
+        _children_shutting_down.set()
+
+
+def _child_hand_back() -> None:
+    _children_shutting_down.wait()
+    progress.shutting_down.set()
+    progress.hand_back_on_shutdown()
+
+
 @signals.worker_process_init.connect
 def _warm_pool_process(**_: object) -> None:
+    if _children_shutting_down is not None:
+        threading.Thread(target=_child_hand_back, name="lrlab-hand-back", daemon=True).start()
     _warm_up()
 
 
@@ -122,6 +154,7 @@ def _start_heartbeat(sender: object, **_: object) -> None:
     hostname = getattr(sender, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}"
     threading.Thread(target=_heartbeat_loop, args=(hostname, queues), name="lrlab-heartbeat", daemon=True).start()
     threading.Thread(target=_reconcile_loop, name="lrlab-reconciler", daemon=True).start()
+    threading.Thread(target=progress.hand_back_on_shutdown, name="lrlab-hand-back", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

@@ -78,7 +78,8 @@ def _checkpointer(
     last, newest = -math.inf, 0
 
     def due(epoch: int) -> bool:  # the trainer builds (clones) a checkpoint only when one is due
-        return time.monotonic() - last >= every
+        # a worker shutting down checkpoints this epoch and stops after it (ProgressWriter.shutdown_due)
+        return progress.shutdown_due() or time.monotonic() - last >= every
 
     def save(ckpt: trainer.Checkpoint) -> None:
         nonlocal last, newest
@@ -156,9 +157,21 @@ def execute_run(run_id: str, worker: str) -> None:
     if progress.lost.is_set():
         log.warning("run %s: %s; leaving its outcome to the worker that resumes it", run_id, progress.lost_reason)
         return
+    if handed_back(run_id, claim.token, progress, result):
+        return
 
     if _record(run_id, claim.token, functools.partial(outcome, run_id, result)):
         log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+
+
+def handed_back(run_id: str, token: str, progress: ProgressWriter, result: Any) -> bool:
+    """True when the trainer stopped because this worker is shutting down (not for a cancel): the run is then
+    given back, queued again at once to resume from the checkpoint of the epoch it stopped at."""
+    if result.status != "stopped" or not progress.hand_back.is_set() or progress.cancel_requested.is_set():
+        return False
+    if _retrying(f"handing back run {run_id}", lambda: leases.release_run(run_id, token)):
+        log.info("run %s handed back after epoch %d: the worker is shutting down", run_id, len(result.points))
+    return True
 
 
 def outcome(run_id: str, result: Any) -> dict[str, Any]:

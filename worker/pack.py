@@ -23,7 +23,7 @@ from lrlab.models import Run, new_id
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from worker.datasets import materialize
-from worker.execute import _checkpointer, _record, _resume_point, _set_threads, outcome
+from worker.execute import _checkpointer, _record, _resume_point, _set_threads, handed_back, outcome
 from worker.progress import ProgressWriter, close_writer
 
 log = logging.getLogger(__name__)
@@ -90,5 +90,7 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
     for claim, writer, result in zip(claims, writers, results, strict=True):
         if not close_writer(writer) or writer.lost.is_set():
             log.warning("run %s of pack %s: progress not ours any more; its lease decides", claim.run_id, pack_id)
+            continue
+        if handed_back(claim.run_id, claim.token, writer, result):  # each resumes on its own, or in a new pack
             continue
         _record(claim.run_id, claim.token, functools.partial(outcome, claim.run_id, result))

@@ -27,7 +27,7 @@ from lrlab.schemas import RunStatus
 from lrlab.schemas.pbt import PbtCreate
 from lrlab.settings import get_settings
 from worker.datasets import materialize
-from worker.execute import _record, _set_threads, outcome
+from worker.execute import _record, _set_threads, handed_back, outcome
 from worker.progress import ProgressWriter, close_writer
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,9 @@ class _Place:
         self.reached = point.epoch
 
     def should_stop(self) -> bool:
-        return self.reached >= self.boundary or self.writer.should_stop()
+        # shutting down: stop after this epoch and hand the member back; it trains the interval again from its
+        # boundary checkpoint, as after a lost worker (each epoch stored once)
+        return self.reached >= self.boundary or self.writer.should_stop() or self.writer.shutdown_due()
 
     def save(self, store: CheckpointStore, pbt_id: str, ckpt: trainer.Checkpoint) -> None:
         # before reach() records the epoch, so a member's recorded epoch always has its checkpoint stored
@@ -182,6 +184,8 @@ def _finish(place: _Place, result: Any) -> None:
     run_id, token = place.claim.run_id, place.claim.token
     if not close_writer(place.writer) or place.writer.lost.is_set():
         log.warning("member run %s: progress not ours any more; its lease decides", run_id)
+        return
+    if place.reached < place.boundary and handed_back(run_id, token, place.writer, result):
         return
     if place.reached < place.boundary:  # stopped on request before its boundary: cancelled
         _record(run_id, token, functools.partial(outcome, run_id, result))

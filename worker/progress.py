@@ -12,6 +12,12 @@ requeued, perhaps already claimed by another worker) the transaction writes noth
 every later write is dropped: the run belongs to someone else now. The writer also gives the run up
 (`lost`) when the database stays away longer than `retry_seconds`; the lease then lapses and the run is
 requeued and resumed from its checkpoint, rather than failed.
+
+When the worker shuts down (`shutting_down`, set on Celery's warm shutdown), a run is handed back rather than
+left to its lease: the trainer stops at the end of its epoch with a checkpoint of that epoch (`shutdown_due`)
+and the task releases the run (lrlab.leases.release_run), queued again at once. A writer whose trainer has
+not reached the end of its epoch `HAND_BACK_SECONDS` later is released where it stands by `hand_back_held`
+(its epochs since the last checkpoint are trained again by the next worker, each stored once).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
+from lrlab import leases
 from lrlab.db import get_engine
 from lrlab.leases import renew_lease
 from lrlab.store import cancel_requested, upsert_points
@@ -33,6 +40,14 @@ from lrlab.store import cancel_requested, upsert_points
 log = logging.getLogger(__name__)
 
 _CLOSE = object()
+
+# Set once, when the worker process begins a warm shutdown (worker/app.py); never cleared.
+shutting_down = threading.Event()
+# How long after the shutdown began a run still training is released without waiting for its epoch to end:
+# `lrlab up` gives its worker 8 s before it kills it, docker compose 10 s.
+HAND_BACK_SECONDS = 5.0
+_held: set[ProgressWriter] = set()  # writers under a lease whose trainer has not returned yet
+_held_lock = threading.Lock()
 
 
 class _LeaseLost(Exception):
@@ -57,6 +72,8 @@ class ProgressWriter:
         self._poll_seconds = poll_seconds
         self._last_write = 0.0
         self.cancel_requested = threading.Event()
+        # The worker is shutting down: stop after this epoch (checkpointed) and give the run back.
+        self.hand_back = threading.Event()
         # This worker must write nothing more for the run, its outcome included (see the module docstring).
         self.lost = threading.Event()
         self.lost_reason = ""
@@ -66,10 +83,24 @@ class ProgressWriter:
         self._conn: Connection | None = None  # held for the run: one checkout, not one per epoch
         self._thread = threading.Thread(target=self._loop, name=f"progress-{run_id[:8]}", daemon=True)
         self._thread.start()
+        if lease_token is not None:
+            with _held_lock:
+                _held.add(self)
 
     def should_stop(self) -> bool:
-        """For the trainer: stop after this epoch, because a person asked or because the run is not ours."""
-        return self.cancel_requested.is_set() or self.lost.is_set()
+        """For the trainer: stop after this epoch, because a person asked, the run is not ours, or the worker is
+        shutting down and this epoch's checkpoint was taken (`shutdown_due`)."""
+        return self.cancel_requested.is_set() or self.lost.is_set() or self.hand_back.is_set()
+
+    def shutdown_due(self) -> bool:
+        """For the trainer's checkpoint_due: True from the first epoch end after the worker began to shut down.
+
+        It latches `hand_back`, which should_stop then reads: the trainer asks checkpoint_due before should_stop,
+        so it stops at an epoch whose checkpoint it has just handed over, and no epoch is trained twice.
+        """
+        if shutting_down.is_set():
+            self.hand_back.set()
+        return self.hand_back.is_set()
 
     def put_point(self, point: dict[str, Any]) -> None:
         self._raise_if_failed()
@@ -84,6 +115,8 @@ class ProgressWriter:
 
     def close(self) -> None:
         """Flush everything pending; re-raise a write that failed for good (a lost run is not an error: see `lost`)."""
+        with _held_lock:  # the trainer has returned: from here on the task's own path hands the run back
+            _held.discard(self)
         self._queue.put(_CLOSE)
         self._thread.join()
         self._raise_if_failed()
@@ -178,6 +211,32 @@ class ProgressWriter:
             except BaseException as exc:
                 self._error = exc
                 return
+
+
+def hand_back_held() -> list[str]:
+    """Release every run whose trainer is still inside an epoch (the shutdown's grace has run out); their writers
+    write nothing more. Returns the run ids released."""
+    released = []
+    with _held_lock:  # a close() waits: its flush then finds the lease gone and writes nothing
+        for writer in list(_held):
+            _held.discard(writer)
+            writer._give_up("handed back mid-epoch: the worker is shutting down")
+            if writer._token is not None and leases.release_run(writer.run_id, writer._token):
+                released.append(writer.run_id)
+    return released
+
+
+def hand_back_on_shutdown() -> None:
+    """A worker process's watchdog thread: HAND_BACK_SECONDS after the shutdown began, release what still trains."""
+    shutting_down.wait()
+    time.sleep(HAND_BACK_SECONDS)
+    try:
+        released = hand_back_held()
+    except Exception:  # the database is away: the leases lapse and the reconciler requeues the runs
+        log.warning("could not hand back the runs still training", exc_info=True)
+        return
+    if released:
+        log.warning("handed back mid-epoch (the worker is shutting down): %s", ", ".join(released))
 
 
 def close_writer(writer: ProgressWriter) -> bool:

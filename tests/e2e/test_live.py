@@ -114,15 +114,15 @@ def test_cli_submit_watch_compare_runs_cancel(
             "0.2",
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        run_id = done.stdout.split()[1]
-        assert f"{run_id} succeeded" in done.stdout
+        run_id = done.stdout.strip()  # the id alone on stdout; the outcome on stderr
+        assert f"{run_id} succeeded" in done.stderr
         watched = cli("watch", run_id)
         assert watched.returncode == 0 and "2/2 succeeded" in watched.stdout
         spec = tmp_path / "grid.json"
         spec.write_text(json.dumps({"name": "cli grid", "base": {"epochs": 1}, "grid": {"seed": [0, 1]}}))
         grid = cli("submit", str(spec), "--wait", "--poll", "0.2")
-        assert grid.returncode == 0 and grid.stdout.startswith("experiment ")
-        experiment_id = grid.stdout.split()[1].rstrip(":")
+        assert grid.returncode == 0 and grid.stderr.startswith("experiment ")
+        experiment_id = grid.stdout.strip()
         chart = tmp_path / "acc.png"
         table = cli("compare", experiment_id, "--chart", str(chart), "--url", f"http://127.0.0.1:{port}")
         assert table.returncode == 0 and "best_val_acc" in table.stdout and "seed=1" in table.stdout
@@ -130,7 +130,7 @@ def test_cli_submit_watch_compare_runs_cancel(
         listed = cli("runs", "--limit", "5")
         assert run_id[:8] in listed.stdout
         queued = cli("submit", "--device", "cuda", "--epochs", "1")  # waits on the gpu queue
-        cancelled = cli("cancel", queued.stdout.split()[1])
+        cancelled = cli("cancel", queued.stdout.strip())
         assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
         unauthorized = cli("runs", "--key", "lrlab_wrong")
         assert unauthorized.returncode != 0
@@ -248,9 +248,9 @@ def test_cli_pbt_submit_watch_schedule(cli_api: dict[str, str], worker: Any, tmp
     spec = tmp_path / "pbt.json"
     spec.write_text(json.dumps({**TINY_PBT, "name": "cli pbt"}))
     submitted = cli("pbt", "submit", str(spec))
-    assert submitted.returncode == 0 and submitted.stdout.startswith("population "), submitted.stderr
-    pbt_id = submitted.stdout.split()[1].rstrip(":")
-    assert submitted.stdout.strip().endswith("4 members")
+    assert submitted.returncode == 0, submitted.stderr
+    pbt_id = submitted.stdout.strip()  # ID=$(lrlab pbt submit ...)
+    assert submitted.stderr.strip() == f"population {pbt_id}: 4 members"
 
     watched = cli("pbt", "watch", pbt_id, "--poll", "0.2")
     assert watched.returncode == 0, watched.stdout + watched.stderr
@@ -270,12 +270,12 @@ def test_cli_pbt_submit_watch_schedule(cli_api: dict[str, str], worker: Any, tmp
     assert found.pbt_id == pbt_id and found.member == pbt.best.member
     replayed = cli("submit", "-", "--wait", "--poll", "0.2", stdin=printed.stdout)  # the pipe the CLI suggests
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    run = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).run(replayed.stdout.split()[1])
+    run = Client(cli_api["LRLAB_URL"], cli_api["LRLAB_API_KEY"]).run(replayed.stdout.strip())
     assert run.status.value == "succeeded" and run.spec.schedule == found.schedule and run.spec.epochs == 4
 
     waiting = spec.with_name("gpu.json")  # waits on the gpu queue: no interval ever finishes
     waiting.write_text(json.dumps({**TINY_PBT, "base": {**TINY_PBT["base"], "device": "cuda"}}))
-    queued_id = cli("pbt", "submit", str(waiting)).stdout.split()[1].rstrip(":")
+    queued_id = cli("pbt", "submit", str(waiting)).stdout.strip()
     early = cli("pbt", "schedule", queued_id)
     assert early.returncode == 2 and "409" in early.stderr
     listed = cli("pbt", "list").stdout
