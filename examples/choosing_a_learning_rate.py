@@ -1,7 +1,7 @@
 """Reproduce the experiments of "Choosing a Learning Rate" against a running lrlab, over HTTP only.
 
   lrlab up &                                            # or any lrlab API
-  python examples/choosing_a_learning_rate.py --dataset digits --epochs 30 --out charts/
+  python examples/choosing_a_learning_rate.py --dataset digits --epochs 30 --out ~/lrlab-charts
 
 Three experiments, one request each:
   1. Adam at learning rates 1e-4, 1e-3 and 1e-2;
@@ -9,7 +9,8 @@ Three experiments, one request each:
   3. step annealing: SGD at 0.1, then 0.01 after 40% of the epochs and 0.001 after 70% (the article's
      400/700 of 1000), against SGD held at 0.1.
 It waits with progress output, prints each comparison table and saves the charts (accuracy and loss for
-each experiment, and the lr of the annealing one). Needs nothing but the standard library.
+each experiment, and the lr of the annealing one) in --out, by default a new temporary directory (printed),
+never the working directory. Needs nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -138,7 +140,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", default="0", help="comma-separated; several seeds give replicate statistics")
     ap.add_argument("--target", type=float, default=0.9, help="accuracy for the epochs-to-target column")
-    ap.add_argument("--out", type=Path, default=Path("charts"))
+    ap.add_argument("--out", type=Path, help="directory for the charts (default: a new temporary one, printed)")
     ap.add_argument("--format", choices=["png", "svg"], default="png")
     ap.add_argument("--poll", type=float, default=2.0)
     args = ap.parse_args()
@@ -147,7 +149,8 @@ def main() -> None:
     ids = {e["key"]: api.json("POST", "/v1/experiments", e["body"])["id"] for e in plan}
     print("submitted:", ", ".join(f"{k} {v}" for k, v in ids.items()), flush=True)
     wait(api, ids, args.poll)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or Path(tempfile.mkdtemp(prefix="lrlab-charts-"))
+    out.mkdir(parents=True, exist_ok=True)
     for e in plan:
         print()
         print(
@@ -155,10 +158,11 @@ def main() -> None:
         )
         metrics = ["val_accuracy", "val_loss"] + (["lr"] if e["key"] == "annealing" else [])
         for metric in metrics:
-            path = args.out / f"{args.dataset}-{e['key']}-{metric}.{args.format}"
+            path = out / f"{args.dataset}-{e['key']}-{metric}.{args.format}"
             log = "?log=true" if metric == "lr" else ""
             path.write_bytes(api.request("GET", f"/v1/experiments/{ids[e['key']]}/charts/{metric}.{args.format}{log}"))
             print(f"saved {path}")
+    print(f"\ncharts in {out}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ train/validation split (split_seed s):
      product and cannot pair lr k with seed k, so the cells are P plain runs (one task each), not a fused pack;
   3. the lr schedule the population discovered (GET /v1/pbt/{id}/schedule), replayed from scratch as one
      plain run of E epochs, from the seed of the lineage's first member, on the same split.
-It prints a table per seed and the mean over seeds, and saves the population's chart. `--json` writes the raw
-numbers. Accuracies are validation accuracies: "final" at the last epoch, "best" the highest at any epoch.
+It prints a table per seed and the mean over seeds, and saves the population's chart in --out (by default a new
+temporary directory, never the working directory). `--json` writes the raw numbers. Accuracies are validation
+accuracies: "final" at the last epoch, "best" the highest at any epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -207,13 +209,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--seeds", default="0", help="comma-separated")
-    ap.add_argument("--out", type=Path, default=Path("charts"), help="where the population's chart goes")
+    ap.add_argument("--out", type=Path, help="directory for the population's chart (default: a new temporary one)")
     ap.add_argument("--json", type=Path, help="write every number to this file")
     ap.add_argument("--poll", type=float, default=1.0)
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args()
 
     lab = Client(args.url, args.key, timeout=60)
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="lrlab-charts-"))  # never the working directory
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,31 @@ def test_example_reproduces_the_article_experiments(tmp_path: Path) -> None:
             text=True,
             timeout=240,
         )
+        # without --out: a new temporary directory, named at the end; nothing in the working directory
+        work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
+        work.mkdir()
+        tmpdir.mkdir()
+        default = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "choosing_a_learning_rate.py"),
+                "--url",
+                f"http://127.0.0.1:{port}",
+            ]
+            + ["--dataset", "blobs", "--epochs", "1", "--poll", "0.3"],
+            cwd=work,
+            env={**os.environ, "TMPDIR": str(tmpdir)},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         stop_process(up)
+    assert default.returncode == 0, default.stdout + default.stderr
+    assert list(work.iterdir()) == []
+    (made,) = tmpdir.iterdir()
+    assert made.name.startswith("lrlab-charts-") and default.stdout.rstrip().endswith(f"charts in {made}")
+    assert len(list(made.glob("blobs-*.png"))) == 7
     assert out.returncode == 0, out.stdout + out.stderr
     for title in ("Adam at three learning rates", "Five optimizers at lr 1e-3", "Step annealing"):
         assert title in out.stdout
