@@ -9,8 +9,8 @@
     pbt = lab.wait_pbt(lab.submit_pbt({"mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}}}).id)
     lab.submit_run(lab.pbt_schedule(pbt.id).run)  # replay the discovered lr schedule from scratch
 
-It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames
-when pandas is installed.
+It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames:
+they need pandas, which the `frames` extra installs (pip install 'lrlab[frames]'; the `dev` extra has it).
 """
 
 from __future__ import annotations
@@ -278,13 +278,11 @@ class Client:
     # --- pandas -----------------------------------------------------------------------------------
 
     def curves_frame(self, run_id: str) -> Any:
-        import pandas as pd  # optional: pip install pandas
-
+        pd = _pandas("curves_frame")
         return pd.DataFrame([p.model_dump() for p in self.curves(run_id).points]).set_index("epoch")
 
     def compare_frame(self, **kwargs: Any) -> Any:
-        import pandas as pd
-
+        pd = _pandas("compare_frame")
         rows = [
             {
                 "run_id": r.run_id,
@@ -295,3 +293,11 @@ class Client:
             for r in self.compare(**kwargs).runs
         ]
         return pd.DataFrame(rows)
+
+
+def _pandas(method: str) -> Any:
+    try:
+        import pandas
+    except ImportError as exc:  # optional: the client itself needs only httpx and pydantic
+        raise ImportError(f"Client.{method} needs pandas: pip install 'lrlab[frames]'") from exc
+    return pandas
