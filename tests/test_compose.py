@@ -391,7 +391,7 @@ def test_dockerfiles_run_as_non_root() -> None:
 def test_dockerignore_excludes_venv_and_git() -> None:
     for path in (".venv", ".venv/bin/python", ".git", "lrlab/__pycache__/cli.cpython-311.pyc"):
         assert _dockerignored(path), f".dockerignore lets {path} into the build context"
-    assert not _dockerignored("lrlab/cli.py")
+    assert not _dockerignored("lrlab/cli/__init__.py")
 
 
 def _compose_cli() -> list[str] | None:
