@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from lrlab.schemas.compare import EpochStat, ReplicateGroup, SamplingInfo, Verdict
-from lrlab.schemas.runs import RunSummary
+from lrlab.schemas.runs import RunStatus, RunSummary
 
 # Which way is better for each summary number a comparison can rank by.
 METRICS: dict[str, Literal["max", "min"]] = {
@@ -22,11 +22,11 @@ METRICS: dict[str, Literal["max", "min"]] = {
     "seconds": "min",
 }
 # Runs that ended badly rank after every other run, in this order.
-_LAST = ("diverged", "failed", "cancelled")
+_LAST = (RunStatus.diverged, RunStatus.failed, RunStatus.cancelled)
 # Runs whose summary says nothing about their configuration: their metric is not used in statistics.
-_UNUSABLE = ("failed", "cancelled")
+_UNUSABLE = (RunStatus.failed, RunStatus.cancelled)
 # Curves of failed runs are left out of per-epoch statistics.
-_NO_CURVE = ("failed",)
+_NO_CURVE = (RunStatus.failed,)
 CURVE_FIELDS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 
 E = TypeVar("E", bound=Mapping[str, Any])

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from lrlab.schemas.runs import RunStatus
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -50,7 +52,7 @@ class Series:
 
     @property
     def diverged(self) -> bool:
-        return self.diverged_at is not None or self.status == "diverged"
+        return self.diverged_at is not None or self.status == RunStatus.diverged
 
 
 def _plottable(value: Any, log_scale: bool) -> float:

@@ -26,7 +26,7 @@ from typing import Any, TextIO, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic
+from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 from lrlab.schemas.compare import Comparison
 from lrlab.schemas.experiments import (
     ExperimentCreate,
@@ -39,7 +39,6 @@ from lrlab.schemas.experiments import (
 from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
 
 M = TypeVar("M", bound=BaseModel)
-FINISHED = {"succeeded", "failed", "cancelled", "diverged"}
 
 
 class ApiError(Exception):
@@ -99,7 +98,7 @@ class Client:
     def runs(
         self,
         *,
-        status: str | None = None,
+        status: RunStatus | str | None = None,
         dataset: str | None = None,
         optimizer: str | None = None,
         limit: int = 50,
@@ -211,7 +210,7 @@ class Client:
                 for run in runs:
                     stream.write(self.progress_line(run) + "\n")
                 stream.flush()
-            if all(r.status.value in FINISHED for r in runs):
+            if all(r.status.is_finished() for r in runs):
                 return runs
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"runs not finished after {timeout}s")
@@ -260,7 +259,7 @@ class Client:
         return line
 
     def progress_line(self, run: RunPublic, width: int = 24) -> str:
-        pts = self.curves(run.id).points if run.status.value != "queued" else []
+        pts = self.curves(run.id).points if run.status != RunStatus.queued else []
         total = run.spec.epochs
         done = len(pts)
         bar = "#" * round(width * done / total) + "." * (width - round(width * done / total))
@@ -270,7 +269,7 @@ class Client:
             loss = f"{last.train_loss:.4f}" if last.train_loss is not None else "nan"
             acc = f"{last.val_accuracy:.3f}" if last.val_accuracy is not None else "-"
             line += f"  loss {loss}  val_acc {acc}"
-            if run.status.value == "running":
+            if run.status == RunStatus.running:
                 per_epoch = sum(p.seconds for p in pts) / done
                 line += f"  ETA {per_epoch * (total - done):.0f}s"
         return line
