@@ -1,9 +1,10 @@
-"""Request dependencies as Annotated aliases: session, settings, the caller's owner id, load-or-404, idempotency."""
+"""Request dependencies as Annotated aliases: session, settings, the caller's owner id, load-or-404, idempotency,
+the checks of a request's quota, and the page cursor."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request
@@ -18,7 +19,10 @@ from api.errors import ApiError
 from lrlab import auth, idempotency, store
 from lrlab.db import get_sessionmaker
 from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Pbt, Run
+from lrlab.runs import quotas
+from lrlab.schemas.spec import DatasetRef, RunSpec
 from lrlab.settings import Settings, get_settings
+from lrlab.uploads import records
 
 
 def _session() -> Iterator[Session]:
@@ -145,6 +149,50 @@ async def _idempotent(
 
 
 IdempotentDep = Annotated[Idempotent, Depends(_idempotent)]
+
+
+class Quota:
+    """What a request's runs name and ask for: uploaded datasets that are the caller's own (404 otherwise, as for
+    any other owner's object), and the owner's limits (429 with Retry-After). On success the owner's quota lock
+    is held until the request's commit: insert the runs before it."""
+
+    def __init__(self, session: Session, owner: str, settings: Settings) -> None:
+        self.session, self.owner, self.settings = session, owner, settings
+
+    def check_runs(self, specs: list[RunSpec], at: Sequence[str] = ("body",)) -> None:
+        """`at` is where the specs' fields sit in the body: ("body",) for a run, ("body", "base") for a grid."""
+        self._check_datasets([s.dataset for s in specs], at)
+        try:
+            quotas.check_runs(self.session, self.owner, specs, self.settings)
+        except quotas.QuotaExceeded as exc:
+            raise _over_quota(exc) from exc
+
+    def check_job(self, dataset: DatasetRef) -> None:
+        """An lr-finder job counts as one active run."""
+        self._check_datasets([dataset], ("body",))
+        try:
+            quotas.check_active(self.session, self.owner, 1, self.settings)
+        except quotas.QuotaExceeded as exc:
+            raise _over_quota(exc) from exc
+
+    def _check_datasets(self, refs: Sequence[DatasetRef], at: Sequence[str]) -> None:
+        try:
+            records.owned(self.session, self.owner, [ref.id for ref in refs if ref.id is not None])
+        except records.UnknownDataset as exc:
+            raise ApiError(404, [*at, "dataset", "id"], str(exc), "not_found") from exc
+
+
+def _over_quota(exc: quotas.QuotaExceeded) -> ApiError:
+    error = ApiError(429, ["body"], str(exc), "quota_exceeded")
+    error.headers["Retry-After"] = str(exc.retry_after)
+    return error
+
+
+def _quota(session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Quota:
+    return Quota(session, owner, settings)
+
+
+QuotaDep = Annotated[Quota, Depends(_quota)]
 
 
 def _cursor(

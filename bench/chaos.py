@@ -229,7 +229,7 @@ def main() -> None:
     workers: list[Worker] = []
     logs: list[Path] = []
     try:
-        from lrlab import leases, store
+        from lrlab import outbox, store
         from lrlab.db import session_scope
         from lrlab.migrate import upgrade
         from lrlab.schemas import RunSpec
@@ -244,17 +244,19 @@ def main() -> None:
             spawn()
         t0 = time.monotonic()
         with session_scope() as s:
-            ids = [
+            runs = [
                 store.create_run(
                     s,
                     RunSpec.model_validate(
                         {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "seed": i}
                     ),
                     QUEUE,
-                ).id
+                )
                 for i in range(args.runs)
             ]
-        leases.dispatch_runs([(r, QUEUE) for r in ids])
+            ids = [r.id for r in runs]
+            messages = outbox.runs(s, runs)
+        outbox.send(messages)
         print(f"{args.runs} runs submitted to {args.workers} workers; logs in {tmp}", flush=True)
 
         kills: list[int] = []  # runs each kill interrupted

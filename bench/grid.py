@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.overhead import POLL, _free_port, _http, bare_loop, private_services, start_service, start_worker, stop  # noqa: E402
-from lrlab.experiments import expand  # noqa: E402
+from lrlab.runs.experiments import expand  # noqa: E402
 from lrlab.schemas.experiments import ExperimentCreate  # noqa: E402
 
 OPTIMIZERS: list[dict[str, Any]] = [

@@ -21,7 +21,16 @@ from typing import IO, Any
 import numpy as np
 
 # InvalidDataset and Limits live with the archive readers, which raise and obey them; callers take them from here.
-from lrlab.archives import ZIP_ERRORS, Entry, InvalidDataset, Limits, check_zip_sizes, describe, open_archive, open_zip
+from lrlab.uploads.archives import (
+    ZIP_ERRORS,
+    Entry,
+    InvalidDataset,
+    Limits,
+    check_zip_sizes,
+    describe,
+    open_archive,
+    open_zip,
+)
 
 KINDS = ("npz", "csv", "images")
 SUFFIXES = {".npz": "npz", ".csv": "csv", ".zip": "images", ".tar.gz": "images", ".tgz": "images"}

@@ -7,9 +7,11 @@ A run row is the truth; broker messages are only hints that a run may be ready. 
   (conditioned on the token) by the worker's progress writer in the same transaction as it writes points.
 - Outcome: recorded only where the row still carries the worker's token, so a worker whose lease lapsed
   (and whose run was requeued and claimed by another) can never record a second outcome.
-- Dispatch: send the message, then stamp `dispatched_at`. A send that fails leaves it NULL: the outbox.
-- Reconciler (every worker, every `reconcile_seconds`): requeues runs whose lease expired, sends what was
-  never sent, and sends again what has waited longer than `redispatch_seconds` (a lost message).
+- Messages go through lrlab.outbox: `dispatched_at` stamped in the transaction that queues the work, the
+  message sent after its commit; a send that fails clears the stamp.
+- Reconciler (every worker, every `reconcile_seconds`), the outbox's other half: requeues runs whose lease
+  expired, sends what carries no stamp, and sends again what has waited longer than `redispatch_seconds`
+  (a lost message).
   Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row twice.
 - Bounded: every claim counts an attempt; a lease that lapses on the MAX_ATTEMPTS-th attempt ends the run
   `failed`, so a message that kills its worker (or can never record its outcome) does not loop.
@@ -23,7 +25,7 @@ Lease times come from the clocks of the hosts (keep them NTP-synced; skew must s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lrlab import outbox
 from lrlab import queue as broker
 from lrlab.db import session_scope
 from lrlab.models import (
@@ -58,6 +61,7 @@ from lrlab.models import (
     new_id,
     utcnow,
 )
+from lrlab.outbox import Message
 from lrlab.schemas import RunStatus
 from lrlab.settings import Settings, get_settings
 
@@ -65,7 +69,8 @@ log = logging.getLogger(__name__)
 
 # A run whose worker vanished this many times is failed, not requeued again: it is what kills its workers.
 MAX_ATTEMPTS = 5
-# The API stamps dispatched_at right after its commit; only a row older than this without one was missed.
+# Work is stamped when it is queued, so a queued row without a stamp was handed back or its send failed. One
+# younger than this is left alone: it was just written outside the outbox by someone who claims it (tests do).
 OUTBOX_GRACE_SECONDS = 2.0
 # Rows one reconciler pass takes per kind; the next pass takes the rest.
 BATCH = 200
@@ -266,64 +271,14 @@ def save_checkpoint(conn: Connection | Session, run_id: str, epoch: int, data: b
     conn.execute(UPSERT_CHECKPOINT, {"run_id": run_id, "epoch": epoch, "data": data, "created_at": utcnow()})
 
 
-# --- dispatch: send, then stamp dispatched_at -------------------------------------------------------
-
-
-def _send(app: Celery, task: str, targets: Sequence[tuple[str, str]]) -> list[str]:
-    """Send one message per (id, queue); stops at the first failure (the broker is away). Returns the ids sent."""
-    sent: list[str] = []
-    for object_id, queue_name in targets:
-        try:
-            app.send_task(task, args=[object_id], queue=queue_name)
-        except Exception as exc:  # kombu, redis and socket errors alike: the reconciler sends it later
-            left = len(targets) - len(sent)
-            log.warning("could not send %s %s to %s (%d left unsent): %s", task, object_id, queue_name, left, exc)
-            break
-        sent.append(object_id)
-    return sent
-
-
-def _dispatch(
-    model: type[Run] | type[LrFinder], task: str, targets: Iterable[tuple[str, str]], app: Celery | None
-) -> int:
-    sent = _send(app or broker.client(), task, list(targets))
-    _stamp(model, sent)
-    return len(sent)
-
-
-def _stamp(model: type[Run] | type[LrFinder], ids: Sequence[str]) -> None:
-    if not ids:
-        return
-    try:
-        with session_scope() as session:
-            session.execute(update(model).where(model.id.in_(ids)).values(dispatched_at=utcnow()))
-    except Exception:  # sent but not stamped: the reconciler sends it once more, which is harmless
-        log.warning("could not stamp dispatched_at of %d %s rows", len(ids), model.__tablename__, exc_info=True)
+# --- sending ---------------------------------------------------------------------------------------
 
 
 def dispatch_runs(targets: Iterable[tuple[str, str]], *, app: Celery | None = None) -> int:
-    """After the commit: send each (run id, queue) and stamp it; never raises. Returns how many were sent."""
-    return _dispatch(Run, broker.TRAIN_RUN, targets, app)
-
-
-def dispatch_run(run_id: str, queue: str, *, app: Celery | None = None) -> bool:
-    return dispatch_runs([(run_id, queue)], app=app) == 1
-
-
-def dispatch_pack(run_ids: list[str], queue: str, *, app: Celery | None = None) -> bool:
-    """One message for a fused pack; its runs are stamped as sent. If the send fails they stay unsent and the
-    reconciler dispatches each one separately (a pack is an optimisation, never a requirement)."""
-    try:
-        (app or broker.client()).send_task(broker.TRAIN_PACK, args=[run_ids], queue=queue)
-    except Exception as exc:
-        log.warning("could not send a pack of %d runs to %s: %s", len(run_ids), queue, exc)
-        return False
-    _stamp(Run, run_ids)
-    return True
-
-
-def dispatch_lr_finder(job_id: str, queue: str, *, app: Celery | None = None) -> bool:
-    return _dispatch(LrFinder, broker.FIND_LR, [(job_id, queue)], app) == 1
+    """Queue each (run id, queue) through the outbox now: stamp, commit, send. Returns how many were sent."""
+    with session_scope() as session:
+        messages = outbox.runs(session, [outbox.Target(run_id, queue) for run_id, queue in targets])
+    return len(outbox.send(messages, app=app))
 
 
 # --- the reconciler -----------------------------------------------------------------------------------
@@ -370,22 +325,12 @@ class Reconciled:
         return ", ".join(parts)
 
 
-def _send_locked(session: Session, app: Celery, task: str, rows: Sequence[Run] | Sequence[LrFinder]) -> list[str]:
-    """Send while the rows are locked, then stamp them; the commit releases them stamped (or NULL if unsent)."""
-    sent = _send(app, task, [(row.id, row.queue) for row in rows])
-    now = utcnow()
-    for row in rows:
-        if row.id in sent:
-            row.dispatched_at = now
-    return sent
-
-
-def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[tuple[str, str]]:
+def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[Message]:
     """running with an expired lease -> queued, or failed/cancelled when that is the right end.
 
-    Returns the requeued (run id, queue) to send once this transaction has committed: a worker receiving the
-    message earlier would find the run still running (its claim does not wait for our row lock: the row it
-    sees does not match `status = queued`) and drop it, leaving the run to the redispatch timeout.
+    Returns the requeued runs' messages, stamped here, to send once this transaction has committed: a worker
+    receiving one earlier would find the run still running (its claim does not wait for our row lock: the row
+    it sees does not match `status = queued`) and drop it, leaving the run to the redispatch timeout.
     """
     rows = session.scalars(
         select(Run)
@@ -405,18 +350,18 @@ def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[t
             run.error = f"its worker was lost {run.attempts} times (last: {run.worker}); not retried again"
             out.failed.append(run.id)
         else:
-            run.status, run.dispatched_at = QUEUED, None
+            run.status = QUEUED
             requeued.append(run)
             out.requeued.append(run.id)
     if requeued:
         log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
     if out.failed or out.cancelled:
         session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(out.failed + out.cancelled)))
-    return [(run.id, run.queue) for run in requeued]
+    return outbox.runs(session, requeued)
 
 
 def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds: float) -> Any:
-    """Queued and never sent (past the grace the API needs to stamp it), or sent too long ago (lost message)."""
+    """Queued and never sent (or its send failed, or it was handed back), or sent too long ago (lost message)."""
     return and_(
         model.status == QUEUED,
         or_(
@@ -426,7 +371,7 @@ def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds
     )
 
 
-def _dispatch_unsent(session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled) -> None:
+def _resend_runs(session: Session, settings: Settings, now: datetime) -> list[Message]:
     rows = session.scalars(
         select(Run)
         .where(_unsent(Run, now, settings.redispatch_seconds))
@@ -434,14 +379,11 @@ def _dispatch_unsent(session: Session, app: Celery, settings: Settings, now: dat
         .limit(BATCH)
         .with_for_update(skip_locked=True)
     ).all()
-    if rows:
-        out.dispatched += _send_locked(session, app, broker.TRAIN_RUN, rows)
+    return outbox.runs(session, rows)
 
 
-def _reconcile_lr_finders(
-    session: Session, app: Celery, settings: Settings, now: datetime, out: Reconciled
-) -> list[tuple[str, str]]:
-    """Expired leases as for runs (requeued, or cancelled, or failed at MAX_ATTEMPTS), then the outbox."""
+def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, out: Reconciled) -> list[Message]:
+    """Expired leases as for runs (requeued, or cancelled, or failed at MAX_ATTEMPTS), then the unsent ones."""
     # A job claimed before jobs had leases (migration 0009) has none: its worker's heartbeat stands in.
     fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
     expired = or_(
@@ -469,41 +411,38 @@ def _reconcile_lr_finders(
             job.error = f"its worker was lost {job.attempts} times (last: {job.worker}); not retried again"
             out.lr_finders_failed.append(job.id)
         else:
-            job.status, job.dispatched_at = QUEUED, None
+            job.status = QUEUED
             orphaned.append(job)
             out.lr_finders_requeued.append(job.id)
+    messages = outbox.lr_finders(session, orphaned)  # stamped now: the query below does not take them again
     unsent = session.scalars(
         select(LrFinder)
-        .where(_unsent(LrFinder, now, settings.redispatch_seconds), LrFinder.id.not_in([j.id for j in orphaned]))
+        .where(_unsent(LrFinder, now, settings.redispatch_seconds))
         .order_by(LrFinder.created_at)
         .limit(BATCH)
         .with_for_update(skip_locked=True)
     ).all()
-    if unsent:  # queued already (committed): a worker receiving one now can claim it
-        out.lr_finders_dispatched += _send_locked(session, app, broker.FIND_LR, unsent)
-    # the orphans only once queued is committed (see _requeue_expired)
-    return [(job.id, job.queue) for job in orphaned]
+    return messages + outbox.lr_finders(session, unsent)
 
 
 def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
     """One pass: expired leases, the outbox, lost messages, orphaned lr-finder jobs, checkpoints of finished runs.
 
-    Each step is its own transaction, so a failure in one (or a broker that is away) leaves the others done.
+    Each step is its own transaction, its messages sent after its commit, so a failure in one (or a broker
+    that is away) leaves the others done.
     """
     app = app or broker.client()
     settings = settings or get_settings()
     out = Reconciled()
     with session_scope() as session:
-        requeued = _requeue_expired(session, utcnow(), out)
-    out.dispatched += _send(app, broker.TRAIN_RUN, requeued)  # after the commit; unsent ones: the outbox
-    _stamp(Run, [run_id for run_id in out.dispatched])
+        messages = _requeue_expired(session, utcnow(), out)
+    out.dispatched += outbox.send(messages, app=app)
     with session_scope() as session:
-        _dispatch_unsent(session, app, settings, utcnow(), out)
+        messages = _resend_runs(session, settings, utcnow())
+    out.dispatched += outbox.send(messages, app=app)
     with session_scope() as session:
-        orphans = _reconcile_lr_finders(session, app, settings, utcnow(), out)
-    sent = _send(app, broker.FIND_LR, orphans)
-    _stamp(LrFinder, sent)
-    out.lr_finders_dispatched += sent
+        messages = _reconcile_lr_finders(session, settings, utcnow(), out)
+    out.lr_finders_dispatched += outbox.send(messages, app=app)
     with session_scope() as session:
         # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
         out.checkpoints_dropped = session.execute(

@@ -172,6 +172,15 @@ def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         stop_process(proc)
 
 
+@pytest.fixture
+def q(service_env: dict[str, str], redis_url: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """A queue name no worker consumes, and a way to count the messages waiting in it."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    broker = redis.Redis.from_url(redis_url)
+    yield name, lambda: int(broker.llen(name))
+    broker.delete(name)
+
+
 def make_key(name: str) -> str:
     from lrlab import auth
     from lrlab.db import session_scope

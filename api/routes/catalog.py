@@ -8,9 +8,9 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from api.deps import OwnerDep, SessionDep
-from lrlab import uploads
 from lrlab.catalog import catalog
 from lrlab.models import Dataset
+from lrlab.uploads import records
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -19,4 +19,4 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 def get_catalog(session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     """Built-in datasets, the caller's uploaded ones (`uploads`), models with their sizes, optimizers, schedules."""
     mine = session.scalars(select(Dataset).where(Dataset.owner == owner).order_by(Dataset.created_at.desc()))
-    return catalog([uploads.to_public(d).model_dump(mode="json") for d in mine])
+    return catalog([records.to_public(d).model_dump(mode="json") for d in mine])

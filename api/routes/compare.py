@@ -9,9 +9,10 @@ from sqlalchemy import select
 
 from api.deps import ExperimentDep, OwnerDep, SessionDep
 from api.errors import ApiError
-from lrlab import compare, experiments
-from lrlab.charts import CHART_METRICS
 from lrlab.models import Run
+from lrlab.reports import compare
+from lrlab.reports.charts import CHART_METRICS
+from lrlab.runs import experiments
 from lrlab.schemas.compare import Comparison, Metric
 
 router = APIRouter(tags=["compare"])

@@ -19,12 +19,13 @@ from starlette.requests import ClientDisconnect
 from api.deps import CursorDep, DatasetDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.gate import bad_char
-from lrlab import datasets, uploads
+from lrlab import datasets
 from lrlab.blobs import get_blob_store
 from lrlab.models import Dataset
 from lrlab.schemas.datasets import DatasetPublic, DatasetsPublic
 from lrlab.settings import Settings
 from lrlab.store import page
+from lrlab.uploads import records
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -214,11 +215,11 @@ def _store(session: Session, settings: Settings, owner: str, form: _Form, staged
         label_column = label_column or "label"
     name = form.text("name") or datasets.default_name(form.filename)
     sha256 = form.sha256.hexdigest()
-    if (existing := uploads.find(session, owner, sha256, label_column or "")) is not None:
+    if (existing := records.find(session, owner, sha256, label_column or "")) is not None:
         return existing, False
     if form.size == 0:
         raise ApiError(422, ["body", "file"], "the file is empty")
-    used = uploads.storage_used(session, owner)
+    used = records.storage_used(session, owner)
     if used + form.size > settings.max_storage_bytes_per_key:
         error = ApiError(
             429,
@@ -235,7 +236,7 @@ def _store(session: Session, settings: Settings, owner: str, form: _Form, staged
         raise ApiError(
             exc.status, list(exc.loc), str(exc), "too_large" if exc.status == 413 else "value_error"
         ) from exc
-    return uploads.store(
+    return records.store(
         session,
         get_blob_store(settings),
         owner=owner,
@@ -291,7 +292,7 @@ async def upload_dataset(request: Request, session: SessionDep, owner: OwnerDep,
         finally:
             form.out.close()
     headers = {"Location": f"/v1/datasets/{dataset.id}"}
-    body = uploads.to_public(dataset).model_dump(mode="json")
+    body = records.to_public(dataset).model_dump(mode="json")
     return JSONResponse(body, status_code=201 if created else 200, headers=headers)
 
 
@@ -305,12 +306,12 @@ def list_datasets(
     """The caller's uploaded datasets, newest first."""
     mine = select(Dataset).where(Dataset.owner == owner)
     rows, next_cursor = page(session, mine, Dataset, limit=limit, cursor=cursor)
-    return DatasetsPublic(data=[uploads.to_public(d) for d in rows], next_cursor=next_cursor)
+    return DatasetsPublic(data=[records.to_public(d) for d in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset: DatasetDep) -> DatasetPublic:
-    return uploads.to_public(dataset)
+    return records.to_public(dataset)
 
 
 @router.delete(
@@ -321,7 +322,7 @@ def get_dataset(dataset: DatasetDep) -> DatasetPublic:
 def delete_dataset(dataset: DatasetDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete it; 409 while a queued or running run uses it. Its file goes once no dataset names those bytes."""
     try:
-        uploads.delete(session, get_blob_store(settings), dataset, settings.upload_cache_dir)
-    except uploads.DatasetInUse as exc:
+        records.delete(session, get_blob_store(settings), dataset, settings.upload_cache_dir)
+    except records.DatasetInUse as exc:
         raise ApiError(409, ["path", "dataset_id"], str(exc), "conflict") from exc
     return Response(status_code=204)

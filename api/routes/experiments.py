@@ -8,11 +8,11 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import CursorDep, ExperimentDep, IdempotentDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import CursorDep, ExperimentDep, IdempotentDep, OwnerDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from api.quota import check_quota
-from lrlab import experiments, leases, queue, store
+from lrlab import outbox, queue, store
 from lrlab.models import Experiment
+from lrlab.runs import experiments
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentPublic, ExperimentsPublic
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
@@ -33,7 +33,7 @@ def create_experiment(
     session: SessionDep,
     owner: OwnerDep,
     idem: IdempotentDep,
-    settings: SettingsDep,
+    quota: QuotaDep,
     response: Response,
 ) -> ExperimentCreated | JSONResponse:
     """The cartesian product of `grid` becomes one run per cell (at most 256); all or nothing."""
@@ -43,19 +43,15 @@ def create_experiment(
         cells = experiments.expand(request)
     except experiments.CellError as exc:
         raise ApiError(422, ["body", "grid", "cell", exc.index], str(exc)) from exc
-    check_quota(session, owner, [c.spec for c in cells], settings, at=("body", "base"))
+    quota.check_runs([c.spec for c in cells], at=("body", "base"))
     queue.ensure_broker()
     experiment, runs = experiments.create_experiment(session, request, cells, owner=owner)
+    messages = outbox.experiment(session, experiment.execution, runs)
     created = ExperimentCreated(id=experiment.id, runs=[r.id for r in runs])
     location = f"/v1/experiments/{experiment.id}"
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
-    # only after the commit: a worker must be able to read what it receives; unsent ones: the reconciler
-    if experiment.execution == "fused":
-        for ids, queue_name in experiments.packs(runs):
-            leases.dispatch_pack(ids, queue_name)
-    else:
-        leases.dispatch_runs([(run.id, run.queue) for run in runs])
+    outbox.send(messages)
     response.headers["Location"] = location
     return created
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import CursorDep, IdempotentDep, LrFinderDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, LrFinderDep, OwnerDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from api.quota import check_lr_finder_quota
-from lrlab import leases, lr_finder, queue, store
-from lrlab.charts import render_lr_finder_chart
+from lrlab import outbox, queue, store
 from lrlab.models import LrFinder
+from lrlab.reports.charts import render_lr_finder_chart
+from lrlab.runs import sweeps
 from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic, LrFindersPublic
 from lrlab.schemas.runs import RunStatus
 
@@ -35,21 +35,22 @@ def create_lr_finder(
     session: SessionDep,
     owner: OwnerDep,
     idem: IdempotentDep,
-    settings: SettingsDep,
+    quota: QuotaDep,
     response: Response,
 ) -> LrFinderPublic | JSONResponse:
     """Sweep lr exponentially over `steps` training steps; the answer carries `suggested_lr` and `suggested_grid`.
     A queued or running job counts as one run against LRLAB_MAX_ACTIVE_RUNS_PER_KEY."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
-    check_lr_finder_quota(session, owner, request, settings)
+    quota.check_job(request.dataset)
     queue.ensure_broker()
-    job = lr_finder.create_job(session, request, owner=owner)
+    job = sweeps.create_job(session, request, owner=owner)
+    messages = outbox.lr_finders(session, [job])
     location = f"/v1/lr-finder/{job.id}"
-    public = lr_finder.to_public(job)
+    public = sweeps.to_public(job)
     if (replayed := idem.commit(session, 202, public.model_dump(mode="json"), location)) is not None:
         return replayed
-    leases.dispatch_lr_finder(job.id, job.queue)
+    outbox.send(messages)
     response.headers["Location"] = location
     return public
 
@@ -64,12 +65,12 @@ def list_lr_finders(
     rows, next_cursor = store.page(
         session, select(LrFinder).where(LrFinder.owner == owner), LrFinder, limit=limit, cursor=cursor
     )
-    return LrFindersPublic(data=[lr_finder.to_public(j) for j in rows], next_cursor=next_cursor)
+    return LrFindersPublic(data=[sweeps.to_public(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=LrFinderPublic)
 def get_lr_finder(job: LrFinderDep) -> LrFinderPublic:
-    return lr_finder.to_public(job)
+    return sweeps.to_public(job)
 
 
 @router.post(
@@ -81,10 +82,10 @@ def cancel_lr_finder(job: LrFinderDep, session: SessionDep) -> LrFinderPublic:
     """A queued job is cancelled at once; a running one stops within a few steps and keeps the points it has."""
     if RunStatus(job.status).is_finished():
         raise ApiError(409, ["path", "job_id"], f"lr-finder job is already {job.status}", "conflict")
-    lr_finder.request_cancel(session, job)
+    sweeps.request_cancel(session, job)
     session.commit()
     session.refresh(job)
-    return lr_finder.to_public(job)
+    return sweeps.to_public(job)
 
 
 @router.get(
@@ -95,7 +96,7 @@ def cancel_lr_finder(job: LrFinderDep, session: SessionDep) -> LrFinderPublic:
 def lr_finder_chart(job: LrFinderDep, chart: Annotated[str, Path(pattern=r"^chart\.(svg|png)$")]) -> Response:
     """Loss and smoothed loss against lr (log axis), with the suggestion marked."""
     fmt: Literal["svg", "png"] = "svg" if chart.endswith(".svg") else "png"
-    public = lr_finder.to_public(job)
+    public = sweeps.to_public(job)
     body = render_lr_finder_chart(
         [p.model_dump() for p in public.points],
         public.suggested_lr,

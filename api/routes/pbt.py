@@ -8,14 +8,14 @@ from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from api.deps import CursorDep, IdempotentDep, OwnerDep, PbtDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, OwnerDep, PbtDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from api.quota import check_quota
-from lrlab import queue, store
-from lrlab.charts import CHART_METRICS, Series, render_pbt_chart
+from lrlab import outbox, queue, store
 from lrlab.models import Pbt
-from lrlab.pbt import rounds
+from lrlab.pbt import rounds, views
 from lrlab.pbt.checkpoints import get_checkpoint_store
+from lrlab.reports.charts import CHART_METRICS, Series, render_pbt_chart
+from lrlab.runs.fusing import NotFusable
 from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
 
 router = APIRouter(prefix="/v1/pbt", tags=["pbt"])
@@ -39,7 +39,7 @@ def create_pbt(
     session: SessionDep,
     owner: OwnerDep,
     idem: IdempotentDep,
-    settings: SettingsDep,
+    quota: QuotaDep,
     response: Response,
 ) -> PbtCreated | JSONResponse:
     """`population` members train `epochs`; every `interval` epochs the bottom `quantile` takes the weights and
@@ -47,17 +47,19 @@ def create_pbt(
     if (replayed := idem.replay(session)) is not None:
         return replayed
     specs = [request.member_spec(k, {}) for k in range(request.population)]
-    check_quota(session, owner, specs, settings, at=("body", "base"))
+    quota.check_runs(specs, at=("body", "base"))
     queue.ensure_broker()
     try:
-        pbt, runs = rounds.create(session, request, owner=owner, queue=queue.choose_queue(session, request.base.device))
-    except rounds.NotFusable as exc:
+        pbt, runs, messages = rounds.create(
+            session, request, owner=owner, queue=queue.choose_queue(session, request.base.device)
+        )
+    except NotFusable as exc:
         raise ApiError(422, ["body", "execution"], str(exc)) from exc
     created = PbtCreated(id=pbt.id, runs=[r.id for r in runs])
     location = f"/v1/pbt/{pbt.id}"
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
-    rounds.dispatch(rounds.Dispatch(pbt.id, pbt.execution, pbt.queue, [r.id for r in runs]))
+    outbox.send(messages)
     response.headers["Location"] = location
     return created
 
@@ -71,12 +73,12 @@ def list_pbts(
 ) -> PbtsPublic:
     """Newest first. Members come without their points: GET one population for its curves."""
     rows, next_cursor = store.page(session, select(Pbt).where(Pbt.owner == owner), Pbt, limit=limit, cursor=cursor)
-    return PbtsPublic(data=[rounds.to_public(session, p, curves=False) for p in rows], next_cursor=next_cursor)
+    return PbtsPublic(data=[views.to_public(session, p, curves=False) for p in rows], next_cursor=next_cursor)
 
 
 @router.get("/{pbt_id}", response_model=PbtPublic)
 def get_pbt(pbt: PbtDep, session: SessionDep) -> PbtPublic:
-    return rounds.to_public(session, pbt)
+    return views.to_public(session, pbt)
 
 
 @router.post("/{pbt_id}/cancel", response_model=PbtPublic, status_code=status.HTTP_202_ACCEPTED)
@@ -85,7 +87,7 @@ def cancel_pbt(pbt: PbtDep, session: SessionDep) -> PbtPublic:
     rounds.cancel(session, pbt)
     session.commit()
     rounds.prune_checkpoints(pbt.id, get_checkpoint_store())  # members still training prune again as they stop
-    return rounds.to_public(session, pbt)
+    return views.to_public(session, pbt)
 
 
 @router.get(
@@ -96,7 +98,7 @@ def cancel_pbt(pbt: PbtDep, session: SessionDep) -> PbtPublic:
 def get_schedule(pbt: PbtDep, session: SessionDep) -> DiscoveredSchedule:
     """The best member's lr schedule (inherited history included) as a piecewise schedule, and a run spec that
     replays it from scratch: POST its `run` to /v1/runs."""
-    found = rounds.discovered_schedule(session, pbt)
+    found = views.discovered_schedule(session, pbt)
     if found is None:
         raise ApiError(
             409,
@@ -121,7 +123,7 @@ def pbt_chart(
 ) -> Response:
     """Every member's `metric` per epoch (exploits marked) over the best member's discovered lr schedule."""
     metric, fmt = chart.rsplit(".", 1)
-    public = rounds.to_public(session, pbt)
+    public = views.to_public(session, pbt)
     series = [
         Series(label=f"member {m.member}", status=m.status.value, points=[p.model_dump() for p in m.points])
         for m in public.members

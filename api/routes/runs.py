@@ -9,10 +9,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api.deps import CursorDep, IdempotentDep, OwnerDep, RunDep, SessionDep, SettingsDep
+from api.deps import CursorDep, IdempotentDep, OwnerDep, QuotaDep, RunDep, SessionDep
 from api.errors import ApiError
-from api.quota import check_quota
-from lrlab import analysis, leases, queue, store
+from lrlab import analysis, outbox, queue, store
 from lrlab.models import Pbt
 from lrlab.pbt import rounds
 from lrlab.pbt.checkpoints import get_checkpoint_store
@@ -34,21 +33,20 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy
     },
 )
 def create_run(
-    spec: RunSpec, session: SessionDep, owner: OwnerDep, idem: IdempotentDep, settings: SettingsDep, response: Response
+    spec: RunSpec, session: SessionDep, owner: OwnerDep, idem: IdempotentDep, quota: QuotaDep, response: Response
 ) -> RunCreated | JSONResponse:
     """Queue one training run; poll `Location` (or its /curves) for progress."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
-    check_quota(session, owner, [spec], settings)
+    quota.check_runs([spec])
     queue.ensure_broker()
-    target = queue.choose_queue(session, spec.device)
-    run = store.create_run(session, spec, target, owner=owner)
+    run = store.create_run(session, spec, queue.choose_queue(session, spec.device), owner=owner)
+    messages = outbox.runs(session, [run])
     created = RunCreated(id=run.id, status=RunStatus.queued)
     location = f"/v1/runs/{run.id}"
     if (replayed := idem.commit(session, 202, created.model_dump(mode="json"), location)) is not None:
         return replayed
-    # Enqueue only after the commit, so a worker never receives an id it cannot read yet.
-    leases.dispatch_run(run.id, target)  # a failed send is left to the reconciler (outbox)
+    outbox.send(messages)  # after the commit: a worker never receives an id it cannot read yet
     response.headers["Location"] = location
     return created
 

@@ -1,2 +1,3 @@
-"""Population based training: the search policy (search.py), its rounds in the database (rounds.py) and the
-checkpoint store every worker can reach (checkpoints.py)."""
+"""Population based training: the search policy (search.py), the state machine of its rounds in the database
+(rounds.py), what a population looks like from outside (views.py), and the checkpoint store every worker can
+reach (checkpoints.py)."""

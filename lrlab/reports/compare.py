@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lrlab import analysis, charts
+from lrlab import analysis
 from lrlab.models import CurvePoint, Run
+from lrlab.reports import charts
 from lrlab.schemas.compare import CompareRun, Comparison
 from lrlab.schemas.spec import RunSpec
 from lrlab.store import point_public

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from lrlab import store
 from lrlab.models import Experiment, Run, utcnow
-from lrlab.queue import choose_queue, has_live_gpu_worker
+from lrlab.queue import choose_queue
+from lrlab.runs.fusing import experiment_execution
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentPublic, MemberRun
 from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import OPTIMIZER_SCHEMAS, SCHEDULE_SCHEMAS, RunSpec
@@ -114,7 +115,7 @@ def create_experiment(
     """The experiment row and one queued run per cell, in one transaction (the caller commits, then enqueues)."""
     experiment = Experiment(
         owner=owner,
-        execution=choose_execution(session, request, cells),
+        execution=experiment_execution(session, request.execution, [c.spec for c in cells]),
         name=request.name,
         base=request.base.to_json(),
         grid=request.model_dump(mode="json")["grid"],
@@ -165,35 +166,3 @@ def to_public(session: Session, experiment: Experiment) -> ExperimentPublic:
             for r in runs
         ],
     )
-
-
-# --- fused execution ------------------------------------------------------------------------------
-
-MAX_PACK_MEMBERS = 16  # one progress writer (and database connection) per member on the worker
-
-
-def fusable_spec(spec: RunSpec) -> bool:
-    """What the fused engine takes (trainer.population.fusable has the final word on the worker)."""
-    model = spec.model
-    return model.name in ("cnn", "resnet") or (model.name == "mlp" and model.dropout == 0)
-
-
-def choose_execution(session: Session, request: ExperimentCreate, cells: list[Cell]) -> str:
-    if request.execution == "separate" or len(cells) < 2:
-        return "separate"
-    if request.execution == "fused":
-        return "fused"
-    gpu = any(c.spec.device != "cpu" for c in cells) and has_live_gpu_worker(session)
-    return "fused" if gpu and all(fusable_spec(c.spec) for c in cells) else "separate"
-
-
-def packs(runs: list[Run]) -> list[tuple[list[str], str]]:
-    """Member runs in packs of at most MAX_PACK_MEMBERS, one queue each, grid order kept."""
-    by_queue: dict[str, list[str]] = {}
-    for run in runs:
-        by_queue.setdefault(run.queue, []).append(run.id)
-    return [
-        (ids[i : i + MAX_PACK_MEMBERS], queue_name)
-        for queue_name, ids in by_queue.items()
-        for i in range(0, len(ids), MAX_PACK_MEMBERS)
-    ]

@@ -21,9 +21,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from lrlab import auth, quotas
+from lrlab import auth
 from lrlab.db import get_sessionmaker, session_scope
 from lrlab.models import LOCAL_OWNER, LrFinder, Run
+from lrlab.runs import quotas
 from tests.conftest import ROOT, make_key, stop_process, wait_for
 
 LIMIT = 10

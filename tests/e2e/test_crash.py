@@ -19,13 +19,14 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from lrlab import leases, store
+from lrlab import store
 from lrlab.db import session_scope
 from lrlab.models import Checkpoint, CurvePoint, Run
 from lrlab.queue import make_celery
 from lrlab.schemas import RunSpec
 from lrlab.settings import Settings
 from tests.conftest import start_worker, stop_process, wait_for
+from tests.rows import send
 
 pytestmark = pytest.mark.service
 
@@ -105,7 +106,7 @@ def test_kill_9_mid_run_resumes_from_checkpoint_once(
     first = start_worker(env, "--queues", "crash", log=tmp_path / "first.log")
     workers.append(first)
     run_id = create_run(CRASH_SPEC, "crash")
-    assert leases.dispatch_run(run_id, "crash")
+    assert send("runs", [run_id], "crash")
 
     def checkpointed() -> bool:
         with session_scope() as s:
@@ -175,7 +176,7 @@ def test_redis_restart_keeps_queued_runs(
     first = start_redis()
     ids = [create_run(RunSpec(dataset="blobs", epochs=2, seed=s), "aof") for s in range(2)]
     app = make_celery(Settings(broker_url=url))
-    assert leases.dispatch_runs([(run_id, "aof") for run_id in ids], app=app) == 2
+    assert send("runs", ids, "aof", app=app) == ids
     assert broker.llen("aof") == 2
     subprocess.run(["redis-cli", "-p", str(port), "shutdown"], check=False, capture_output=True, timeout=10)
     first.wait(timeout=10)
@@ -217,7 +218,7 @@ def test_kill_9_mid_pack_resumes_each_member_from_its_checkpoint(
     workers.append(first)
     specs = [CRASH_SPEC.model_copy(update={"seed": seed}) for seed in (3, 4)]
     ids = [create_run(spec, "crashpack") for spec in specs]
-    assert leases.dispatch_pack(ids, "crashpack")
+    assert send("pack", ids, "crashpack") == ids
 
     def checkpointed() -> bool:
         with session_scope() as s:

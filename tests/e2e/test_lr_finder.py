@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from lrlab import auth, leases
+from lrlab import auth
 from lrlab.db import session_scope
 from lrlab.models import LrFinder, utcnow
 from lrlab.schemas.experiments import LrFinderCreate
 from tests.conftest import wait_for
+from tests.rows import send
 
 pytestmark = pytest.mark.service
 
@@ -58,7 +59,7 @@ def test_poison_job_made_before_the_bounds_ends_failed_saying_why(api_client: An
         s.add(job)
         s.flush()
         job_id = job.id
-    assert leases.dispatch_lr_finder(job_id, "cpu")
+    assert send("lr_finders", [job_id], "cpu")
     done = wait_job(api_client, job_id)
     assert done["status"] == "failed", done
     assert "min_lr" in done["error"] and done["spec"]["min_lr"] == 5e-324  # shown as it was asked for

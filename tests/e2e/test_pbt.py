@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from lrlab import outbox
 from lrlab.db import session_scope
 from lrlab.models import CurvePoint, Pbt, Run
-from lrlab.pbt import rounds
+from lrlab.pbt import rounds, views
 from lrlab.pbt.checkpoints import get_checkpoint_store, member_key
 from lrlab.schemas.pbt import PbtCreate
 from lrlab.settings import get_settings
@@ -183,9 +184,9 @@ def test_distributed_population_across_two_workers_survives_one_dying(
     with session_scope() as s:
         owner = s.scalars(select(Run.owner).limit(1)).first() or "local"
     with session_scope() as s:
-        pbt, runs = rounds.create(s, request, owner=owner, queue="pbtd")
+        pbt, runs, messages = rounds.create(s, request, owner=owner, queue="pbtd")
         pbt_id, run_ids = pbt.id, [r.id for r in runs]
-    rounds.dispatch(rounds.Dispatch(pbt_id, "distributed", "pbtd", run_ids))
+    outbox.send(messages)
 
     def boundary() -> int:
         with session_scope() as s:
@@ -218,7 +219,7 @@ def test_distributed_population_across_two_workers_survives_one_dying(
         with session_scope() as s:
             found = s.get(Pbt, pbt_id)
             assert found is not None
-            public = rounds.to_public(s, found).model_dump(mode="json")
+            public = views.to_public(s, found).model_dump(mode="json")
     else:
         public = body.json()
     assert public["status"] == "succeeded", public

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrlab.charts import (
+from lrlab.reports.charts import (
     CHART_METRICS,
     LABEL_CHARS,
     LOSS_CAP,

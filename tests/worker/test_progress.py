@@ -1,0 +1,57 @@
+"""The progress writer's lease, over the real Postgres: renewed while it writes, and once the lease is lost (or the
+database stays away) nothing more is written for the run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from lrlab import leases
+from lrlab.db import session_scope
+from tests.conftest import wait_for
+from tests.rows import epochs, new_run, pt, row, set_run
+from worker.progress import ProgressWriter
+
+pytestmark = pytest.mark.service
+
+
+def test_writer_renews_lease_then_writes_nothing_once_it_is_stolen(q: Any) -> None:
+    run_id = new_run(q[0])
+    claim = leases.claim_run(run_id, "w1", lease_seconds=5)
+    assert claim is not None
+    writer = ProgressWriter(run_id, lease_token=claim.token, lease_seconds=5, flush_seconds=0, poll_seconds=0.05)
+    writer.put_point(pt(1))
+    wait_for(lambda: epochs(run_id) == [1], 5, "epoch 1 written")
+    first = row(run_id).lease_expires_at
+    wait_for(lambda: row(run_id).lease_expires_at > first, 5, "the lease renewed while idle")  # type: ignore[operator]
+
+    set_run(run_id, lease_token="someone-else")  # expired and reclaimed by another worker
+    ran: list[int] = []
+    writer.put_point(pt(2))
+    writer.put_action(lambda conn: ran.append(1))
+    wait_for(writer.lost.is_set, 5, "the writer to notice")
+    writer.put_point(pt(3))
+    writer.close()  # a lost lease is not an error
+
+    assert writer.should_stop() and "lease lost" in writer.lost_reason
+    assert epochs(run_id) == [1] and ran == []
+    assert leases.finish_run(run_id, claim.token, status="succeeded") is False
+    assert (row(run_id).status, row(run_id).lease_token) == ("running", "someone-else")
+
+
+def test_writer_gives_run_up_rather_than_failing_when_database_stays_away(q: Any) -> None:
+    run_id = new_run(q[0])
+    claim = leases.claim_run(run_id, "w1", lease_seconds=5)
+    assert claim is not None
+    writer = ProgressWriter(run_id, lease_token=claim.token, flush_seconds=0, poll_seconds=0.05, retry_seconds=0)
+    writer.put_point(pt(1))
+    wait_for(lambda: epochs(run_id) == [1], 5, "epoch 1 written")
+    pid = writer._conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    with session_scope() as s:  # the writer's connection dies as in a database restart
+        s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    wait_for(writer.lost.is_set, 5, "the writer to give up")
+    writer.close()
+    assert "database unreachable" in writer.lost_reason
+    assert row(run_id).status == "running"  # left to the lease: requeued and resumed, never failed
