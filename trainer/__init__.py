@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
+from trainer.optimizers import OPTIMIZERS
 from trainer.schedules import SCHEDULES, lr_at
 
 if TYPE_CHECKING:
@@ -21,11 +22,11 @@ if TYPE_CHECKING:
     )
     from trainer.lr_finder import LrFinderResult, LrPoint, lr_range_test
     from trainer.models import MODELS, build_model
-    from trainer.optim import OPTIMIZERS, build_optimizer
+    from trainer.optim import build_optimizer
     from trainer.population import MemberResult, fusable, plan_groups, train_population
 
-# The configs and schedules are plain Python; everything else imports torch (about a second and a
-# half), so it loads on first use and `from trainer import RunConfig` stays cheap.
+# The configs, schedules and optimizer declarations are plain Python; everything else imports torch (about
+# a second and a half), so it loads on first use and `from trainer import RunConfig` stays cheap.
 _LAZY = {
     "DATASETS": "trainer.data",
     "load_dataset": "trainer.data",
@@ -41,7 +42,6 @@ _LAZY = {
     "lr_range_test": "trainer.lr_finder",
     "MODELS": "trainer.models",
     "build_model": "trainer.models",
-    "OPTIMIZERS": "trainer.optim",
     "build_optimizer": "trainer.optim",
     "MemberResult": "trainer.population",
     "fusable": "trainer.population",

@@ -85,9 +85,13 @@ def test_from_spec_rejects_out_of_range(spec: dict, message: str) -> None:
 
 
 def test_import_trainer_config_without_torch() -> None:
-    # configs and schedules are plain Python: whatever only builds a spec need not pay for torch
+    # configs, schedules and optimizer declarations are plain Python: whatever only builds a spec need not pay
+    # for torch
     root = Path(trainer.__file__).resolve().parents[1]
-    code = "import sys, trainer; trainer.RunConfig.from_spec({}); trainer.lr_at; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, trainer; trainer.RunConfig.from_spec({}); trainer.lr_at; trainer.OPTIMIZERS['adam'].defaults;"
+        " assert 'torch' not in sys.modules"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 

@@ -10,15 +10,8 @@ import torch
 from torch import nn
 
 from trainer.config import OptimizerConfig
-from trainer.optim import OPTIMIZER_DEFAULTS, OPTIMIZERS, Optimizer, build_optimizer
-from trainer.updates import (
-    adadelta_update,
-    adagrad_update,
-    adam_update,
-    adamw_update,
-    rmsprop_update,
-    sgd_update,
-)
+from trainer.optim import Optimizer, build_optimizer
+from trainer.optimizers import OPTIMIZERS
 
 TORCH_CLASSES = {
     "sgd": torch.optim.SGD,
@@ -78,8 +71,8 @@ def test_step_matches_torch(name: str, lr: float, hyper: dict[str, Any]) -> None
 def test_defaults_match_torch(name: str) -> None:
     model, _, _ = make_problem()
     torch_defaults = TORCH_CLASSES[name](model.parameters()).defaults
-    for key, value in OPTIMIZER_DEFAULTS[name].items():
-        assert torch_defaults[key] == value, key
+    ours = build_optimizer(make_problem()[0].parameters(), OptimizerConfig(name, OPTIMIZERS[name].defaults["lr"]))
+    assert {"lr": ours.lr, **ours.hyperparameters()} == {k: torch_defaults[k] for k in OPTIMIZERS[name].defaults}
 
 
 @pytest.mark.parametrize(
@@ -105,8 +98,9 @@ def test_defaults_match_torch(name: str) -> None:
 )
 def test_construct_rejects_invalid_hyperparameter(name: str, hyper: dict[str, Any], message: str) -> None:
     model, _, _ = make_problem()
+    lr = hyper.pop("lr", OPTIMIZERS[name].defaults["lr"])
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        OPTIMIZERS[name](model.parameters(), **hyper)
+        Optimizer(model.parameters(), OPTIMIZERS[name], lr, hyper)
 
 
 def test_build_rejects_unknown_name_and_hyperparameter() -> None:
@@ -163,42 +157,38 @@ def test_state_dict_is_a_copy() -> None:
 
 # The fused population engine calls the same update functions on parameters stacked along a leading
 # member dimension K, with per-member hyperparameters shaped (K, 1, 1): each member must come out as
-# if updated alone with its own numbers.
+# if updated alone with its own numbers. Every state tensor the optimizer can keep is there.
 K = 3
-BATCHED: list[tuple[Any, list[str], dict[str, list[float]], dict[str, Any]]] = [
-    (sgd_update, ["momentum_buffer"], {"lr": [0.1, 0.2, 0.3], "momentum": [0.5, 0.9, 0.0]},
+BATCHED: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = [
+    ("sgd", {"lr": [0.1, 0.2, 0.3], "momentum": [0.5, 0.9, 0.0]},
      {"dampening": 0.0, "weight_decay": 1e-2, "nesterov": True}),
-    (rmsprop_update, ["square_avg", "grad_avg", "momentum_buffer"],
-     {"lr": [1e-2, 1e-3, 3e-3], "alpha": [0.9, 0.99, 0.5], "momentum": [0.0, 0.5, 0.9]},
-     {"eps": 1e-8, "weight_decay": 0.0}),
-    (adam_update, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-     {"lr": [1e-3, 1e-2, 1e-1], "beta1": [0.9, 0.8, 0.0], "beta2": [0.999, 0.99, 0.9]},
+    ("rmsprop", {"lr": [1e-2, 1e-3, 3e-3], "alpha": [0.9, 0.99, 0.5], "momentum": [0.0, 0.5, 0.9]},
+     {"eps": 1e-8, "weight_decay": 0.0, "centered": True}),
+    ("adam", {"lr": [1e-3, 1e-2, 1e-1], "beta1": [0.9, 0.8, 0.0], "beta2": [0.999, 0.99, 0.9]},
      {"eps": 1e-8, "weight_decay": 1e-2, "amsgrad": True}),
-    (adamw_update, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-     {"lr": [1e-3, 1e-2, 1e-1], "weight_decay": [0.0, 0.01, 0.1]},
+    ("adamw", {"lr": [1e-3, 1e-2, 1e-1], "weight_decay": [0.0, 0.01, 0.1]},
      {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "amsgrad": False}),
-    (adagrad_update, ["state_sum"], {"lr": [0.1, 0.01, 1.0], "lr_decay": [0.0, 0.1, 1.0]},
-     {"eps": 1e-10, "weight_decay": 0.0}),
-    (adadelta_update, ["square_avg", "acc_delta"], {"lr": [1.0, 0.5, 0.1], "rho": [0.9, 0.5, 0.99]},
-     {"eps": 1e-6, "weight_decay": 1e-2}),
+    ("adagrad", {"lr": [0.1, 0.01, 1.0], "lr_decay": [0.0, 0.1, 1.0]}, {"eps": 1e-10, "weight_decay": 0.0}),
+    ("adadelta", {"lr": [1.0, 0.5, 0.1], "rho": [0.9, 0.5, 0.99]}, {"eps": 1e-6, "weight_decay": 1e-2}),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("update", "buffers", "per_member", "shared"), BATCHED, ids=[b[0].__name__ for b in BATCHED])
-def test_update_broadcasts_over_members(
-    update: Any, buffers: list[str], per_member: dict[str, list[float]], shared: dict[str, Any]
-) -> None:
+@pytest.mark.parametrize(("name", "per_member", "shared"), BATCHED, ids=[b[0] for b in BATCHED])
+def test_update_broadcasts_over_members(name: str, per_member: dict[str, list[float]], shared: dict[str, Any]) -> None:
+    declaration = OPTIMIZERS[name]
+    assert set(per_member) | set(shared) == set(declaration.stepped) | set(declaration.flags)
     torch.manual_seed(0)
     p = torch.randn(K, 4, 5, dtype=torch.float64)  # (K, 4, 5): one (4, 5) parameter per member
     grads = [torch.randn(K, 4, 5, dtype=torch.float64) for _ in range(4)]
-    stacked = {"p": p.clone(), **{b: torch.zeros_like(p) for b in buffers}}
-    alone = [{"p": p[k].clone(), **{b: torch.zeros_like(p[k]) for b in buffers}} for k in range(K)]
-    counts_steps = update not in (rmsprop_update, adadelta_update)
+    names = [s.name for s in declaration.state]
+    stacked_p, stacked = p.clone(), {n: torch.zeros_like(p) for n in names}
+    alone = [(p[k].clone(), {n: torch.zeros_like(p[k]) for n in names}) for k in range(K)]
+    hyper = {n: torch.tensor(v, dtype=torch.float64).view(K, 1, 1) for n, v in per_member.items()}
     for step, g in enumerate(grads, start=1):
-        step_arg = {"step": step} if counts_steps else {}
-        hyper = {name: torch.tensor(v, dtype=torch.float64).view(K, 1, 1) for name, v in per_member.items()}
-        update(g=g, **stacked, **step_arg, **hyper, **shared)
+        declaration.update(stacked_p, g, stacked, {**hyper, **shared}, step)
         for k in range(K):
-            update(g=g[k], **alone[k], **step_arg, **{name: v[k] for name, v in per_member.items()}, **shared)
+            declaration.update(
+                alone[k][0], g[k], alone[k][1], {**{n: v[k] for n, v in per_member.items()}, **shared}, step
+            )
     for k in range(K):
-        torch.testing.assert_close(stacked["p"][k], alone[k]["p"], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(stacked_p[k], alone[k][0], rtol=1e-12, atol=1e-14)

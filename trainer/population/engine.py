@@ -215,8 +215,6 @@ class _GroupRun:
         self.n_parameters = count_parameters(models[0])
         self.params = stack_models(models, device)  # flat (K, P); BatchNorm buffers stacked beside it
         self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in members])
-        # each member's hyperparameters as its own trainer.optim optimizer has them (flags included)
-        self.flags = [build_optimizer([torch.zeros(1)], m.config.optimizer).hyperparameters() for m in members]
         self.epoch = members[0].start.epoch if members[0].start is not None else 0
         if members[0].start is not None:
             self.optimizer.step_count = int(members[0].start.optimizer_state["state"][0]["step"])
@@ -298,9 +296,7 @@ class _GroupRun:
         return Checkpoint(
             epoch=epoch,
             model_state=self.params.member_state(row),
-            optimizer_state=self.optimizer.member_state_dict(
-                row, self.params.split_row, len(self.params.shapes), self.flags[row]
-            ),
+            optimizer_state=self.optimizer.member_state_dict(row, self.params.split_row, len(self.params.shapes)),
             data_generator_state=m.order.get_state(),
             torch_rng_state=torch.get_rng_state(),
             cuda_rng_state=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -401,7 +397,6 @@ class _GroupRun:
         """Drop finished members from the stack, so later epochs compute only the ones still training."""
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.members = [self.members[r] for r in keep]
-        self.flags = [self.flags[r] for r in keep]
         self.slot = self.slot[rows]
         self.params.keep(rows)
         self.optimizer.keep(rows)

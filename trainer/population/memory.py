@@ -16,10 +16,8 @@ import torch
 from torch import nn
 
 from trainer.config import RunConfig
-from trainer.optim import OPTIMIZER_DEFAULTS
+from trainer.optimizers import OPTIMIZERS
 
-# optimizer state tensors per parameter, at most (amsgrad's max_exp_avg_sq, centered rmsprop with momentum)
-STATE_TENSORS = {"sgd": 1, "rmsprop": 3, "adam": 3, "adamw": 3, "adagrad": 1, "adadelta": 2}
 TEMPORARIES = 3  # the update functions' intermediate (K, P) blocks
 SLACK = 1.5  # allocator rounding and fragmentation, cuBLAS workspaces
 BUDGET_FRACTION = 0.8  # of the free device memory a population may plan to use
@@ -30,8 +28,9 @@ def member_bytes(config: RunConfig, model: nn.Module, input_shape: Sequence[int]
     size = torch.empty((), dtype=dtype).element_size()
     n_params = sum(p.numel() for p in model.parameters())
     n_buffers = sum(b.numel() for b in model.buffers())
-    name = config.optimizer.name if config.optimizer.name in OPTIMIZER_DEFAULTS else "adam"
-    weights = n_params * (2 + STATE_TENSORS[name] + TEMPORARIES) + n_buffers
+    # the optimizer's state tensors per parameter, at most (amsgrad's max_exp_avg_sq, centered rmsprop with momentum)
+    state_tensors = len(OPTIMIZERS[config.optimizer.name if config.optimizer.name in OPTIMIZERS else "adam"].state)
+    weights = n_params * (2 + state_tensors + TEMPORARIES) + n_buffers
     activations = _activations(model, input_shape, config.batch_size)
     return int(SLACK * size * (weights + 2 * activations))  # outputs and their gradients
 

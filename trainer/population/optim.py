@@ -1,7 +1,8 @@
-"""One optimizer kind for K members: stacked state and per-member hyperparameter tensors over trainer.updates."""
+"""One optimizer for K members: stacked state and per-member hyperparameter tensors over a declaration's update."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,166 +10,72 @@ import torch
 from torch import Tensor
 
 from trainer.config import OptimizerConfig
-from trainer.optim import build_optimizer
-from trainer.population.plan import optimizer_structure
-from trainer.updates import (
-    adadelta_update,
-    adagrad_update,
-    adam_update,
-    adamw_update,
-    rmsprop_update,
-    sgd_update,
-)
+from trainer.optimizers import declaration_of
 
-# The numeric hyperparameters each optimizer's update reads; each is a (K, 1) tensor that can change
-# between steps (a schedule, a population-based search) without rebuilding anything. Adam's betas
-# are split into beta1 and beta2. adagrad's initial_accumulator_value only fills the initial state.
-HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
-    "sgd": ("lr", "momentum", "dampening", "weight_decay"),
-    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
-    "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
-    "adagrad": ("lr", "lr_decay", "eps", "weight_decay"),
-    "adadelta": ("lr", "rho", "eps", "weight_decay"),
-}
-
-# (p, g, state, hyperparameters broadcast to p, step count, structural flags) -> None, updating p and state in place
-Update = Callable[[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor], int, dict[str, bool]], None]
-
-
-# On a CPU the update runs over blocks of about this many elements (K x columns). The update functions
-# make several temporaries per op; over all of (K, P) at once those outgrow the caches and glibc's
-# malloc hands each back to the kernel (page faults on every step). Measured on the 2-core VM, torch
-# 2.13.0+cpu, one thread, Adam over P = 26122 (the default MLP on digits), medians of 8 x 30 steps:
-# K = 16: 14.6 ms in one block, 5.7 ms in blocks of 32k elements; K = 64: 76 ms vs 16 ms.
+# On a CPU the update runs over blocks of about this many elements (K x columns): the update functions make
+# several temporaries per op, and over all of (K, P) at once those outgrow the caches and glibc's malloc
+# hands each back to the kernel (page faults on every step). docs/benchmarks.md (fused population engine)
+# has the measurement.
 CPU_BLOCK = 32768
 
 
-def _sgd(p: Tensor, g: Tensor, s: dict[str, Tensor], h: dict[str, Tensor], step: int, f: dict[str, bool]) -> None:
-    momentum_buffer = s.get("momentum_buffer")
-    sgd_update(p, g, momentum_buffer, step, h["lr"], h["momentum"], h["dampening"], h["weight_decay"], f["nesterov"])
-
-
-def _rmsprop(p: Tensor, g: Tensor, s: dict[str, Tensor], h: dict[str, Tensor], step: int, f: dict[str, bool]) -> None:
-    rmsprop_update(
-        p,
-        g,
-        s["square_avg"],
-        s.get("grad_avg"),
-        s.get("momentum_buffer"),
-        h["lr"],
-        h["alpha"],
-        h["eps"],
-        h["momentum"],
-        h["weight_decay"],
-    )
-
-
-def _adam(p: Tensor, g: Tensor, s: dict[str, Tensor], h: dict[str, Tensor], step: int, f: dict[str, bool]) -> None:
-    update = adamw_update if f["decoupled"] else adam_update
-    update(
-        p,
-        g,
-        s["exp_avg"],
-        s["exp_avg_sq"],
-        step,
-        h["lr"],
-        h["beta1"],
-        h["beta2"],
-        h["eps"],
-        h["weight_decay"],
-        f["amsgrad"],
-        s.get("max_exp_avg_sq"),
-    )
-
-
-def _adagrad(p: Tensor, g: Tensor, s: dict[str, Tensor], h: dict[str, Tensor], step: int, f: dict[str, bool]) -> None:
-    adagrad_update(p, g, s["sum"], step, h["lr"], h["lr_decay"], h["eps"], h["weight_decay"])
-
-
-def _adadelta(p: Tensor, g: Tensor, s: dict[str, Tensor], h: dict[str, Tensor], step: int, f: dict[str, bool]) -> None:
-    adadelta_update(p, g, s["square_avg"], s["acc_delta"], h["lr"], h["rho"], h["eps"], h["weight_decay"])
-
-
-UPDATES: dict[str, Update] = {
-    "sgd": _sgd,
-    "rmsprop": _rmsprop,
-    "adam": _adam,
-    "adamw": _adam,
-    "adagrad": _adagrad,
-    "adadelta": _adadelta,
-}
-
-
 class StackedOptimizer:
-    """K members' optimizer state as (K, P) tensors, stepped by the same update functions as trainer.optim.
+    """K members' optimizer state as (K, P) tensors, stepped by the declaration's update as trainer.optim is.
 
     The parameters are one flat (K, P) tensor (see StackedParameters): the per-element math is the
-    reference's, and every hyperparameter is a (K,) tensor viewed as (K, 1) to broadcast over a row.
-    Every member must have the same optimizer name and structural flags (see plan_groups); the numbers
-    may differ. The step count is shared: members only ever leave a group, they never join it late.
+    reference's, and every number the update reads (trainer.optimizers.Declaration.stepped: lr, momentum,
+    beta1, ...) is a (K,) tensor viewed as (K, 1) to broadcast over a row, which can change between steps
+    (a schedule, a population-based search) without rebuilding anything. Every member must have the same
+    optimizer and structure (flags, state kept: see plan_groups); the numbers may differ. The step count is
+    shared: members only ever leave a group, they never join it late.
     """
 
     def __init__(self, flat: Tensor, configs: Sequence[OptimizerConfig]) -> None:
         if len(configs) != flat.shape[0]:
             raise ValueError(f"{len(configs)} optimizer configs for {flat.shape[0]} members")
         self.name = configs[0].name
-        structure = optimizer_structure(configs[0])
-        for i, cfg in enumerate(configs):
-            if cfg.name != self.name or optimizer_structure(cfg) != structure:
+        self.declaration = declaration_of(self.name)
+        # every value checked with torch's messages, torch's defaults filled in
+        resolved = [declaration_of(cfg.name).resolve(cfg.lr, cfg.params) for cfg in configs]
+        structure = self.declaration.structure(resolved[0])
+        for i, (cfg, values) in enumerate(zip(configs, resolved, strict=True)):
+            theirs = self.declaration.structure(values) if cfg.name == self.name else None
+            if theirs != structure:
                 raise ValueError(
-                    f"Member {i} has optimizer {cfg.name!r} {optimizer_structure(cfg)}, member 0 {self.name!r}"
-                    f" {structure}: split the population with plan_groups first"
+                    f"Member {i} has optimizer {cfg.name!r} {theirs}, member 0 {self.name!r} {structure}:"
+                    " split the population with plan_groups first"
                 )
-        # the reference classes validate every value (with torch's messages) and fill in the defaults
-        resolved = [self._resolve(cfg) for cfg in configs]
+        arguments = [self.declaration.arguments(values) for values in resolved]
         self.hyper: dict[str, Tensor] = {  # (K, 1), in the parameters' dtype
-            name: torch.tensor([[r[name]] for r in resolved], dtype=flat.dtype, device=flat.device)
-            for name in HYPERPARAMETERS[self.name]
+            name: torch.tensor([[a[name]] for a in arguments], dtype=flat.dtype, device=flat.device)
+            for name in self.declaration.stepped
         }
-        flags = dict(structure)
-        self.flags = {
-            "nesterov": flags.get("nesterov", False),
-            "amsgrad": flags.get("amsgrad", False),
-            "decoupled": self.name == "adamw",  # AdamW shares Adam's state; only its weight decay differs
-        }
+        self.flags = {name: resolved[0][name] for name in self.declaration.flags}
+        stepped = set(self.declaration.stepped) | {h.name for h in self.declaration.hyperparameters if h.is_pair}
+        # per member, what is not a tensor here: the flags and numbers that only fill the initial state
+        self.fixed = [{k: v for k, v in values.items() if k not in stepped} for values in resolved]
         self.step_count = 0
-        self.state = self._init_state(flat, flags, resolved)
+        self.state = self._init_state(flat, resolved)
 
-    @staticmethod
-    def _resolve(cfg: OptimizerConfig) -> dict[str, Any]:
-        reference = build_optimizer([torch.zeros(1)], cfg)
-        values = {"lr": reference.lr, **reference.hyperparameters()}
-        if "betas" in values:
-            values["beta1"], values["beta2"] = values.pop("betas")
-        return values
-
-    def _init_state(self, p: Tensor, flags: dict[str, bool], resolved: list[dict[str, Any]]) -> dict[str, Tensor]:
-        """The state trainer.optim's init_state makes for one parameter, for every member at once (K, P)."""
-        zeros = torch.zeros_like
-        if self.name == "sgd":
-            return {"momentum_buffer": zeros(p)} if flags["momentum_buffer"] else {}
-        if self.name == "rmsprop":
-            state = {"square_avg": zeros(p)}
-            if flags["centered"]:
-                state["grad_avg"] = zeros(p)
-            if flags["momentum_buffer"]:
-                state["momentum_buffer"] = zeros(p)
-            return state
-        if self.name in ("adam", "adamw"):
-            state = {"exp_avg": zeros(p), "exp_avg_sq": zeros(p)}
-            if flags["amsgrad"]:
-                state["max_exp_avg_sq"] = zeros(p)
-            return state
-        if self.name == "adagrad":
-            initial = [[r["initial_accumulator_value"]] for r in resolved]
-            return {"sum": torch.tensor(initial, dtype=p.dtype, device=p.device).expand_as(p).clone()}
-        return {"square_avg": zeros(p), "acc_delta": zeros(p)}  # adadelta
+    def _init_state(self, p: Tensor, resolved: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """The state trainer.optim keeps for one parameter, for every member at once (K, P)."""
+        kept = self.declaration.state_names(resolved[0])
+        state = {}
+        for s in self.declaration.state:
+            if s.name not in kept:
+                continue
+            if s.fill is None:
+                state[s.name] = torch.zeros_like(p)
+            else:
+                initial = torch.tensor([[r[s.fill]] for r in resolved], dtype=p.dtype, device=p.device)  # (K, 1)
+                state[s.name] = initial.expand_as(p).clone()
+        return state
 
     def set_hyperparameter(self, name: str, values: Sequence[float] | Tensor) -> None:
         """Give each member its own value of a numeric hyperparameter (e.g. the epoch's lr), in place.
 
-        A momentum may not cross zero: whether a momentum buffer exists is fixed when the group is built.
+        A value that decides whether some state is kept (a momentum) may not cross zero: the group's state
+        is fixed when it is built.
         """
         if name not in self.hyper:
             raise ValueError(f"Unknown hyperparameter for stacked {self.name}: {name!r} (have {sorted(self.hyper)})")
@@ -176,10 +83,15 @@ class StackedOptimizer:
         new = torch.as_tensor(values, dtype=current.dtype).to(current.device).reshape(-1, 1)
         if new.shape != current.shape:
             raise ValueError(f"Invalid {name}: need {current.shape[0]} values, got {new.shape[0]}")
-        if not bool((torch.isfinite(new) & (new >= 0)).all()):  # every one of them is finite and >= 0 in torch
+        declared = next(h for h in self.declaration.hyperparameters if name in (h.name, *h.parts))
+        if not all(math.isfinite(v) and declared.valid.holds(v) for v in new.flatten().tolist()):  # torch's bounds
             raise ValueError(f"Invalid {name} value: {new.flatten().tolist()}")
-        if name == "momentum" and bool(((new != 0) != ("momentum_buffer" in self.state)).any()):
-            raise ValueError(f"Invalid momentum value: {new.flatten().tolist()} (cannot cross zero in this group)")
+        for s in self.declaration.state:
+            if s.when == name and bool(((new != 0) != (s.name in self.state)).any()):
+                raise ValueError(
+                    f"Invalid {name} value: {new.flatten().tolist()} (cannot cross zero in this group: it decides"
+                    f" whether {s.name} is kept)"
+                )
         current.copy_(new)
 
     def _column_chunks(self, flat: Tensor) -> list[slice]:
@@ -194,42 +106,38 @@ class StackedOptimizer:
     def step(self, flat: Tensor, grad: Tensor, rows: Tensor | None = None) -> None:
         """One update of every member's row of flat (K, P), or only of `rows` (the others keep params and state)."""
         self.step_count += 1
-        update = UPDATES[self.name]
+        update = self.declaration.update
         if rows is None:
+            arguments = {**self.hyper, **self.flags}
             for cols in self._column_chunks(flat):
                 state = {name: s[:, cols] for name, s in self.state.items()}  # views: updated in place
-                update(flat[:, cols], grad[:, cols], state, self.hyper, self.step_count, self.flags)
+                update(flat[:, cols], grad[:, cols], state, arguments, self.step_count)
             return
         # some member froze mid-epoch (diverged): update gathered copies of the others, then scatter back
         sub_flat = flat[rows]
         sub_state = {name: s[rows] for name, s in self.state.items()}
-        update(
-            sub_flat, grad[rows], sub_state, {k: h[rows] for k, h in self.hyper.items()}, self.step_count, self.flags
-        )
+        arguments = {**{name: h[rows] for name, h in self.hyper.items()}, **self.flags}
+        update(sub_flat, grad[rows], sub_state, arguments, self.step_count)
         flat[rows] = sub_flat
         for name, s in self.state.items():
             s[rows] = sub_state[name]
 
     def member_hyperparameters(self, row: int) -> tuple[float, dict[str, Any]]:
-        """(lr, the other numeric hyperparameters) of one member, as trainer.optim's state_dict names them."""
-        values: dict[str, Any] = {name: float(h[row, 0]) for name, h in self.hyper.items()}
+        """(lr, every other hyperparameter) of one member, as trainer.optim's state_dict names them."""
+        numbers = self.declaration.join({name: float(h[row, 0]) for name, h in self.hyper.items()})
+        values = {**self.fixed[row], **numbers}
         lr = values.pop("lr")
-        if "beta1" in values:
-            values["betas"] = (values.pop("beta1"), values.pop("beta2"))
-        return lr, values
+        return lr, {h.name: values[h.name] for h in self.declaration.hyperparameters[1:]}
 
-    def member_state_dict(
-        self, row: int, split: Callable[[Tensor], list[Tensor]], n: int, hyperparameters: dict[str, Any]
-    ) -> dict[str, Any]:
+    def member_state_dict(self, row: int, split: Callable[[Tensor], list[Tensor]], n: int) -> dict[str, Any]:
         """Member `row`'s state in trainer.optim's state_dict format, so trainer.train can resume from it.
 
-        `split` turns a (P,) row into the model's n parameter tensors; `hyperparameters` are
-        the member's trainer.optim optimizer's (flags such as nesterov); the per-member numbers replace theirs.
+        `split` turns a (P,) row into the model's n parameter tensors.
         """
-        lr, numbers = self.member_hyperparameters(row)
+        lr, hyperparameters = self.member_hyperparameters(row)
         pieces = {name: split(s[row]) for name, s in self.state.items()}
         state = [{"step": self.step_count, **{name: pieces[name][i] for name in self.state}} for i in range(n)]
-        return {"name": self.name, "lr": lr, "hyperparameters": {**hyperparameters, **numbers}, "state": state}
+        return {"name": self.name, "lr": lr, "hyperparameters": hyperparameters, "state": state}
 
     def load_member_state_dict(
         self, row: int, state_dict: dict[str, Any], join: Callable[[list[Tensor]], Tensor]
@@ -251,11 +159,9 @@ class StackedOptimizer:
         with torch.no_grad():
             for name, stacked in self.state.items():
                 stacked[row] = join([s[name] for s in saved])
-        values = {"lr": state_dict["lr"], **state_dict["hyperparameters"]}
-        if "betas" in values:
-            values["beta1"], values["beta2"] = values.pop("betas")
+        arguments = self.declaration.arguments({"lr": state_dict["lr"], **state_dict["hyperparameters"]})
         for name, h in self.hyper.items():
-            h[row, 0] = float(values[name])
+            h[row, 0] = float(arguments[name])
 
     def copy_member(self, target: int, source: int) -> None:
         """Member `target` takes member `source`'s optimizer state (not its hyperparameters)."""
@@ -267,3 +173,4 @@ class StackedOptimizer:
         """Drop every member not in `rows` (row positions), e.g. after it finished."""
         self.hyper = {name: h[rows] for name, h in self.hyper.items()}
         self.state = {name: s[rows] for name, s in self.state.items()}
+        self.fixed = [self.fixed[int(r)] for r in rows.tolist()]
