@@ -87,7 +87,7 @@ def members_list(text: str) -> list[int]:
     return ks
 
 
-def max_relative_difference(fused: list[trainer.MemberResult], separate: list[trainer.TrainResult]) -> float:
+def max_relative_difference(fused: list[trainer.TrainResult], separate: list[trainer.TrainResult]) -> float:
     """The largest |fused - separate| / |separate| over the members' final val_loss."""
     worst = 0.0
     for ours, theirs in zip(fused, separate, strict=True):

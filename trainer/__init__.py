@@ -10,32 +10,26 @@ from trainer.optimizers import OPTIMIZERS
 from trainer.schedules import SCHEDULES, lr_at
 
 if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
     from trainer.data import DATASETS, load_dataset
-    from trainer.loop import (
-        Checkpoint,
-        EpochPoint,
-        TrainResult,
-        checkpoint_from_bytes,
-        checkpoint_to_bytes,
-        resolve_device,
-        train,
-    )
+    from trainer.epochs import EpochPoint, TrainResult
+    from trainer.loop import train
     from trainer.lr_finder import LrFinderResult, LrPoint, lr_range_test
     from trainer.models import MODELS, build_model
     from trainer.optim import build_optimizer
-    from trainer.population import MemberResult, fusable, plan_groups, train_population
+    from trainer.population import fusable, plan_groups, train_population, why_not_fusable
+    from trainer.setup import resolve_device
 
 # The configs, schedules and optimizer declarations are plain Python; everything else imports torch (about
 # a second and a half), so it loads on first use and `from trainer import RunConfig` stays cheap.
 _LAZY = {
+    "Checkpoint": "trainer.checkpoint",
+    "checkpoint_from_bytes": "trainer.checkpoint",
+    "checkpoint_to_bytes": "trainer.checkpoint",
     "DATASETS": "trainer.data",
     "load_dataset": "trainer.data",
-    "Checkpoint": "trainer.loop",
-    "checkpoint_from_bytes": "trainer.loop",
-    "checkpoint_to_bytes": "trainer.loop",
-    "EpochPoint": "trainer.loop",
-    "TrainResult": "trainer.loop",
-    "resolve_device": "trainer.loop",
+    "EpochPoint": "trainer.epochs",
+    "TrainResult": "trainer.epochs",
     "train": "trainer.loop",
     "LrFinderResult": "trainer.lr_finder",
     "LrPoint": "trainer.lr_finder",
@@ -43,10 +37,11 @@ _LAZY = {
     "MODELS": "trainer.models",
     "build_model": "trainer.models",
     "build_optimizer": "trainer.optim",
-    "MemberResult": "trainer.population",
     "fusable": "trainer.population",
     "plan_groups": "trainer.population",
     "train_population": "trainer.population",
+    "why_not_fusable": "trainer.population",
+    "resolve_device": "trainer.setup",
 }
 
 __all__ = [
@@ -60,7 +55,6 @@ __all__ = [
     "EpochPoint",
     "LrFinderResult",
     "LrPoint",
-    "MemberResult",
     "ModelConfig",
     "OptimizerConfig",
     "RunConfig",
@@ -78,6 +72,7 @@ __all__ = [
     "resolve_device",
     "train",
     "train_population",
+    "why_not_fusable",
 ]
 
 

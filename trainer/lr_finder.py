@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import RunConfig
-from trainer.data import load_dataset
-from trainer.loop import resolve_device
-from trainer.models import build_model, count_parameters
-from trainer.optim import build_optimizer
+from trainer.setup import RunSetup, resolve_device, set_up
 
 logger = logging.getLogger(__name__)
 
@@ -210,61 +207,9 @@ def lr_range_test(
     t_run = time.perf_counter()
     _validate(min_lr, max_lr, steps, smoothing, stop_factor)
     device = resolve_device(device) if isinstance(device, str) else device
-
-    # data, model and optimizer as train() builds them, so the sweep starts where a run would
-    data = load_dataset(config.dataset, config.data_seed, data_root)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # (N, *input_shape), (N,)
-    n_train = len(y_train)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, data.input_shape, data.n_classes).to(device)
-    model.train()
-    optimizer = build_optimizer(model.parameters(), replace(config.optimizer, lr=min_lr))
-    n_parameters = count_parameters(model)
-    order = torch.Generator().manual_seed(config.seed)
-
-    points: list[LrPoint] = []
-    avg, best = 0.0, math.inf
-    stopped_early, reason = False, None
-    perm = torch.randperm(n_train, generator=order).to(device)  # (N,)
-    start = 0
-    for i in range(steps):
-        if should_stop is not None and i > 0 and i % STOP_POLL_EVERY == 0 and should_stop():
-            reason = "stopped on request"
-            logger.info("lr range test stopped on request after %d steps", i)
-            break
-        if start >= n_train:  # the epoch is used up: a fresh permutation, as train() draws one per epoch
-            perm, start = torch.randperm(n_train, generator=order).to(device), 0
-        idx = perm[start : start + config.batch_size]  # (B,)
-        start += config.batch_size
-        lr = sweep_lr(min_lr, max_lr, i, steps)
-        optimizer.lr = lr
-
-        logits = model(x_train[idx])  # (B, K)
-        loss = F.cross_entropy(logits, y_train[idx])
-        value = loss.item()
-        smoothed: float | None = None
-        if math.isfinite(value):
-            # EMA started at 0, so divide by 1 - beta^(i+1) to undo its pull towards 0 early on
-            avg = smoothing * avg + (1 - smoothing) * value
-            smoothed = avg / (1 - smoothing ** (i + 1))  # finite: a float32 loss is at most ~3.4e38
-        point = LrPoint(step=i, lr=lr, loss=value if math.isfinite(value) else None, smoothed_loss=smoothed)
-        points.append(point)
-        if on_point is not None:
-            on_point(point)
-
-        if smoothed is None:
-            stopped_early, reason = True, f"loss became {value} at lr {lr:.3g}"
-        else:
-            best = min(best, smoothed)
-            if i + 1 >= STOP_CHECK_FROM and smoothed > stop_factor * best:
-                stopped_early = True
-                reason = f"smoothed loss {smoothed:.3g} > {stop_factor:g} x minimum {best:.3g} at lr {lr:.3g}"
-        if stopped_early:
-            logger.info("lr range test: %s (step %d)", reason, i)
-            break  # no update from an exploded loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    run = set_up(config, device, data_root, lr=min_lr)  # as train() starts, so the sweep starts where a run would
+    sweep = _Sweep(min_lr, max_lr, steps, smoothing, stop_factor)
+    points, reason = sweep.run(run, config.batch_size, on_point, should_stop)
 
     suggestions = suggest_lrs(points, steps)
     suggested, rule = suggestions[0].lr, suggestions[0].rule
@@ -281,10 +226,77 @@ def lr_range_test(
         points=points,
         suggested_lr=suggested,
         rule=rule,
-        stopped_early=stopped_early,
+        stopped_early=sweep.exploded,
         reason=reason,
         suggested_grid=grid,
         seconds=seconds,
-        n_parameters=n_parameters,
+        n_parameters=run.n_parameters,
         suggestions=suggestions,
     )
+
+
+@dataclass
+class _Sweep:
+    """The sweep's steps: an exponentially rising lr, the smoothed loss, and the explosion that ends it."""
+
+    min_lr: float
+    max_lr: float
+    steps: int
+    smoothing: float
+    stop_factor: float
+    exploded: bool = False  # the loss exploded before max_lr: the normal end of a range test
+
+    def run(
+        self,
+        run: RunSetup,
+        batch_size: int,
+        on_point: Callable[[LrPoint], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[list[LrPoint], str | None]:
+        """The points, and why the sweep ended before max_lr (an explosion or a stop request) or None."""
+        model, optimizer, x_train, y_train = run.model, run.optimizer, run.data.x_train, run.data.y_train
+        device, n_train = x_train.device, len(y_train)
+        model.train()
+        points: list[LrPoint] = []
+        avg, best = 0.0, math.inf
+        perm = torch.randperm(n_train, generator=run.order).to(device)  # (N,)
+        start = 0
+        for i in range(self.steps):
+            if should_stop is not None and i > 0 and i % STOP_POLL_EVERY == 0 and should_stop():
+                logger.info("lr range test stopped on request after %d steps", i)
+                return points, "stopped on request"
+            if start >= n_train:  # the epoch is used up: a fresh permutation, as train() draws one per epoch
+                perm, start = torch.randperm(n_train, generator=run.order).to(device), 0
+            idx = perm[start : start + batch_size]  # (B,)
+            start += batch_size
+            lr = sweep_lr(self.min_lr, self.max_lr, i, self.steps)
+            optimizer.lr = lr
+
+            logits = model(x_train[idx])  # (B, C)
+            loss = F.cross_entropy(logits, y_train[idx])
+            value = loss.item()
+            smoothed: float | None = None
+            if math.isfinite(value):
+                # EMA started at 0, so divide by 1 - beta^(i+1) to undo its pull towards 0 early on
+                avg = self.smoothing * avg + (1 - self.smoothing) * value
+                smoothed = avg / (1 - self.smoothing ** (i + 1))  # finite: a float32 loss is at most ~3.4e38
+            point = LrPoint(step=i, lr=lr, loss=value if math.isfinite(value) else None, smoothed_loss=smoothed)
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+
+            reason = None
+            if smoothed is None:
+                reason = f"loss became {value} at lr {lr:.3g}"
+            else:
+                best = min(best, smoothed)
+                if i + 1 >= STOP_CHECK_FROM and smoothed > self.stop_factor * best:
+                    reason = f"smoothed loss {smoothed:.3g} > {self.stop_factor:g} x minimum {best:.3g} at lr {lr:.3g}"
+            if reason is not None:
+                self.exploded = True
+                logger.info("lr range test: %s (step %d)", reason, i)
+                return points, reason  # no update from an exploded loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return points, None

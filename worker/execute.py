@@ -164,7 +164,7 @@ def execute_run(run_id: str, worker: str) -> None:
         log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
 
 
-def handed_back(run_id: str, token: str, progress: ProgressWriter, result: Any) -> bool:
+def handed_back(run_id: str, token: str, progress: ProgressWriter, result: trainer.TrainResult) -> bool:
     """True when the trainer stopped because this worker is shutting down (not for a cancel): the run is then
     given back, queued again at once to resume from the checkpoint of the epoch it stopped at."""
     if result.status != "stopped" or not progress.hand_back.is_set() or progress.cancel_requested.is_set():
@@ -174,8 +174,8 @@ def handed_back(run_id: str, token: str, progress: ProgressWriter, result: Any) 
     return True
 
 
-def outcome(run_id: str, result: Any) -> dict[str, Any]:
-    """The run's final row values from a trainer result (TrainResult or a population's MemberResult)."""
+def outcome(run_id: str, result: trainer.TrainResult) -> dict[str, Any]:
+    """The run's final row values from its trainer.TrainResult (trained alone or in a population)."""
     with session_scope() as session:
         summary = summarize(
             points(session, run_id),

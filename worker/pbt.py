@@ -180,7 +180,7 @@ def _fail(places: list[_Place], exc: Exception) -> None:
             rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
 
 
-def _finish(place: _Place, result: Any) -> None:
+def _finish(place: _Place, result: trainer.TrainResult) -> None:
     run_id, token = place.claim.run_id, place.claim.token
     if not close_writer(place.writer) or place.writer.lost.is_set():
         log.warning("member run %s: progress not ours any more; its lease decides", run_id)

@@ -115,6 +115,9 @@ def test_import_trainer_exports_interface() -> None:
         "DATASETS",
         "MODELS",
         "SCHEDULES",
+        "Checkpoint",
+        "train_population",
+        "why_not_fusable",
     ]
     for name in names:
         assert name in trainer.__all__ and getattr(trainer, name) is not None

@@ -9,9 +9,11 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from trainer.checkpoint import Checkpoint
 from trainer.config import OptimizerConfig, RunConfig, ScheduleConfig
 from trainer.divergence import COLLAPSE_EPOCHS, Chance, DivergenceTracker, chance_of
-from trainer.loop import Checkpoint, TrainResult, train
+from trainer.epochs import TrainResult
+from trainer.loop import train
 from trainer.population import train_population
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
 from trainer.config import (
     DatasetConfig,
     DivergenceConfig,
@@ -18,15 +19,10 @@ from trainer.config import (
     RunConfig,
     ScheduleConfig,
 )
-from trainer.loop import (
-    Checkpoint,
-    EpochPoint,
-    checkpoint_from_bytes,
-    checkpoint_to_bytes,
-    resolve_device,
-    train,
-)
+from trainer.epochs import EpochPoint
+from trainer.loop import train
 from trainer.schedules import lr_at
+from trainer.setup import resolve_device
 
 
 def curve(points: list[EpochPoint]) -> list[dict[str, float]]:

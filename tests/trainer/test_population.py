@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from trainer import loop
+from trainer import setup
+from trainer.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
 from trainer.config import DatasetConfig, DivergenceConfig, ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
 from trainer.data import Dataset, load_dataset
-from trainer.loop import EpochPoint, TrainResult, train
+from trainer.epochs import EpochPoint, TrainResult
+from trainer.loop import train
 from trainer.models import build_model
 from trainer.population import (
-    MemberResult,
     StackedOptimizer,
     fusable,
     memory,
@@ -47,13 +48,13 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The reference in float64: weights built under a float64 default, on the same data cast to float64."""
-    load = loop.load_dataset
+    load = setup.load_dataset
 
     def load_float64(*args: Any, **kwargs: Any) -> Dataset:
         data = load(*args, **kwargs)  # cached and shared: cast copies, never the cached tensors
         return replace(data, x_train=data.x_train.double(), x_val=data.x_val.double())
 
-    monkeypatch.setattr(loop, "load_dataset", load_float64)
+    monkeypatch.setattr(setup, "load_dataset", load_float64)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -62,7 +63,7 @@ def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def assert_same_run(fused: MemberResult, reference: TrainResult, rel: float) -> None:
+def assert_same_run(fused: TrainResult, reference: TrainResult, rel: float) -> None:
     assert (fused.status, fused.diverged_at, fused.reason, fused.early_stopped, fused.n_parameters) == (
         reference.status,
         reference.diverged_at,
@@ -329,7 +330,7 @@ def test_stacked_optimizer_hyperparameters_change_per_member_in_place() -> None:
 def test_population_checkpoints_resume_fused_or_alone_float64(float64: None, configs: list[RunConfig]) -> None:
     """Checkpoints after epoch 2 of 4: the fused engine and trainer.train both resume them to the same runs."""
     whole = train_population(configs, dtype=torch.float64)
-    saved: dict[int, loop.Checkpoint] = {}
+    saved: dict[int, Checkpoint] = {}
     first_half = train_population(
         configs,
         dtype=torch.float64,
@@ -339,27 +340,14 @@ def test_population_checkpoints_resume_fused_or_alone_float64(float64: None, con
     )
     assert [(r.status, len(r.points)) for r in first_half] == [("stopped", 2)] * len(configs)
     # through bytes, as the service stores them (torch.load with weights_only=True)
-    starts = [loop.checkpoint_from_bytes(loop.checkpoint_to_bytes(saved[k])) for k in range(len(configs))]
+    starts = [checkpoint_from_bytes(checkpoint_to_bytes(saved[k])) for k in range(len(configs))]
     resumed = train_population(configs, dtype=torch.float64, starts=starts)
     for fused, reference in zip(resumed, whole, strict=True):
         assert [p.epoch for p in fused.points] == [1, 2, 3, 4]
-        assert_same_run(fused, _as_train_result(reference), rel=1e-9)
+        assert_same_run(fused, reference, rel=1e-9)
     alone = [train(c, start=s) for c, s in zip(configs, starts, strict=True)]
     for member, reference in zip(whole, alone, strict=True):
         assert_same_run(member, reference, rel=1e-6)
-
-
-def _as_train_result(result: MemberResult) -> TrainResult:
-    return TrainResult(
-        result.status,
-        result.points,
-        result.diverged_at,
-        result.reason,
-        result.early_stopped,
-        0.0,
-        result.n_parameters,
-        "cpu",
-    )
 
 
 def test_exploit_copies_a_members_weights_and_optimizer_state() -> None:
@@ -416,7 +404,7 @@ def cnn_members(optimizer: str, lrs: list[float], params: list[dict[str, Any]]) 
 def test_population_cnn_matches_independent_runs_float64(float64: None, case: tuple[Any, ...]) -> None:
     configs = cnn_members(*case)
     assert len(plan_groups(configs)) == 1
-    saved: dict[int, loop.Checkpoint] = {}
+    saved: dict[int, Checkpoint] = {}
     fused = train_population(
         configs,
         dtype=torch.float64,
@@ -424,7 +412,7 @@ def test_population_cnn_matches_independent_runs_float64(float64: None, case: tu
         checkpoint_due=lambda k, epoch: epoch == 2,
     )
     for k, config in enumerate(configs):
-        theirs: list[loop.Checkpoint] = []
+        theirs: list[Checkpoint] = []
         reference = train(config, on_checkpoint=theirs.append, checkpoint_due=lambda epoch: epoch == 2)
         assert_same_run(fused[k], reference, rel=1e-6)
         # the member's state_dict, BatchNorm's running statistics included, is the separate model's
@@ -441,7 +429,7 @@ def test_population_cnn_resumes_batchnorm_statistics_from_checkpoints_float64(fl
     """A checkpoint after epoch 1 of 2 carries the running statistics: resumed fused or alone, the same runs."""
     configs = cnn_members(*CNN_CASES["adam"])
     whole = train_population(configs, dtype=torch.float64)
-    saved: dict[int, loop.Checkpoint] = {}
+    saved: dict[int, Checkpoint] = {}
     train_population(
         configs,
         dtype=torch.float64,
@@ -449,12 +437,12 @@ def test_population_cnn_resumes_batchnorm_statistics_from_checkpoints_float64(fl
         checkpoint_due=lambda k, epoch: epoch == 1,
         should_stop=lambda k: k in saved,
     )
-    starts = [loop.checkpoint_from_bytes(loop.checkpoint_to_bytes(saved[k])) for k in range(3)]
+    starts = [checkpoint_from_bytes(checkpoint_to_bytes(saved[k])) for k in range(3)]
     assert starts[0].model_state["2.num_batches_tracked"].item() == 15
     resumed = train_population(configs, dtype=torch.float64, starts=starts)
     alone = [train(c, start=s) for c, s in zip(configs, starts, strict=True)]
     for k in range(3):
-        assert_same_run(resumed[k], _as_train_result(whole[k]), rel=1e-9)
+        assert_same_run(resumed[k], whole[k], rel=1e-9)
         assert_same_run(whole[k], alone[k], rel=1e-6)
 
 
@@ -591,5 +579,5 @@ def test_population_over_its_memory_budget_trains_in_chunks_with_the_same_result
     assert memory.split([0, 1, 2], one_member, budget=one_member * 2) == [[0, 1], [2]]
     chunked = train_population(configs, memory_budget=1)  # one member per group
     for ours, theirs in zip(chunked, whole, strict=True):
-        assert_same_run(ours, _as_train_result(theirs), rel=1e-5)
+        assert_same_run(ours, theirs, rel=1e-5)
     assert memory.budget_bytes(torch.device("cpu")) is not None

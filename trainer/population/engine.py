@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -16,31 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.checkpoint import Checkpoint
 from trainer.config import RunConfig
 from trainer.data import Dataset, load_dataset
-from trainer.divergence import DivergenceTracker, chance_of
-from trainer.loop import Checkpoint, EpochPoint, resolve_device
+from trainer.divergence import chance_of
+from trainer.epochs import Ending, EpochPoint, EpochRules, TrainResult
 from trainer.models import build_model, count_parameters
-from trainer.optim import build_optimizer
+from trainer.optimizers import declaration_of
 from trainer.population import memory
 from trainer.population.functional import stack_models
 from trainer.population.optim import StackedOptimizer
 from trainer.population.plan import plan_groups, why_not_fusable
 from trainer.schedules import lr_at, validate_schedule
+from trainer.setup import data_order, initial_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 1024  # as trainer.loop.evaluate, so val sums are reduced over the same chunks
-
-
-@dataclass
-class MemberResult:
-    status: str  # "succeeded" | "diverged" | "stopped", as TrainResult
-    points: list[EpochPoint]  # a point's `seconds` is its group's epoch: the members share the wall time
-    diverged_at: int | None
-    reason: str | None
-    early_stopped: bool
-    n_parameters: int
 
 
 @dataclass
@@ -49,13 +40,9 @@ class _Member:
 
     index: int  # position in train_population's configs
     config: RunConfig
-    order: torch.Generator  # draws the member's per-epoch permutation, as trainer.loop's `order`
-    tracker: DivergenceTracker | None
-    points: list[EpochPoint] = field(default_factory=list)
-    best_val_loss: float = math.inf
-    stale_epochs: int = 0
-    reason: str | None = None  # set when it diverges; it is then frozen for the rest of the epoch
-    start: Checkpoint | None = None  # where it resumes (trainer.train's checkpoint format)
+    order: torch.Generator  # draws the member's per-epoch permutation, as trainer.train's
+    rules: EpochRules  # its curve so far and the rules that end it, as trainer.train's
+    start: Checkpoint | None  # where it resumes (trainer.train's checkpoint format)
 
 
 @contextmanager
@@ -81,8 +68,9 @@ def train_population(
     on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
     checkpoint_due: Callable[[int, int], bool] | None = None,
     memory_budget: int | None | Literal["auto"] = "auto",
-) -> list[MemberResult]:
-    """Train every config as a member of one population; result k is what trainer.train(configs[k]) returns.
+) -> list[TrainResult]:
+    """Train every config as a member of one population; result k is what trainer.train(configs[k]) returns
+    (but for `seconds`, from this call's start to the member's end).
 
     Members are split by plan_groups; each group trains as stacked tensors, one group after another.
     on_epoch(k, point) and should_stop(k) take the member's index in `configs`; should_stop is asked
@@ -103,10 +91,11 @@ def train_population(
         raise ValueError(f"Runs cannot train as one population: {reason}")
     if not dtype.is_floating_point:
         raise ValueError(f"Invalid dtype: {dtype} (need a floating point type)")
+    t_call = time.perf_counter()
     device = resolve_device(device) if isinstance(device, str) else device
     for config in configs:  # every bad value surfaces now, before any member trains
         validate_schedule(config.schedule, config.optimizer.lr, config.epochs)
-        build_optimizer([torch.zeros(1)], config.optimizer)
+        declaration_of(config.optimizer.name).resolve(config.optimizer.lr, config.optimizer.params)
 
     starts = list(starts) if starts is not None else [None] * len(configs)
     if len(starts) != len(configs):
@@ -115,7 +104,7 @@ def train_population(
         if start is not None and not 0 <= start.epoch <= config.epochs:
             raise ValueError(f"Invalid checkpoint epoch: {start.epoch} (run has {config.epochs} epochs)")
 
-    results: dict[int, MemberResult] = {}
+    results: dict[int, TrainResult] = {}
     for planned in plan_groups(configs):
         by_epoch: dict[int, list[int]] = {}  # one step count per group: members resuming together
         for i in planned:
@@ -123,8 +112,7 @@ def train_population(
             by_epoch.setdefault(start.epoch if start is not None else 0, []).append(i)
         for together in by_epoch.values():
             for group in _fit(together, configs, device, data_root, dtype, memory_budget):
-                members = [_member(i, configs[i], starts[i]) for i in group]
-                run = _GroupRun(members, device, data_root, dtype)
+                run = _GroupRun([(i, configs[i], starts[i]) for i in group], device, data_root, dtype, t_call)
                 results.update(run.run(on_epoch, should_stop, on_checkpoint, checkpoint_due))
     return [results[i] for i in range(len(configs))]
 
@@ -162,63 +150,53 @@ def _fit(
     return chunks
 
 
-def _member(index: int, config: RunConfig, start: Checkpoint | None) -> _Member:
-    member = _Member(index, config, torch.Generator().manual_seed(config.seed), None, start=start)
-    if config.divergence.enabled:
-        member.tracker = DivergenceTracker(config.divergence.factor, config.divergence.smoothing)
-    if start is not None:
-        member.order.set_state(start.data_generator_state)
-        if member.tracker is not None:
-            for key, value in start.divergence_state.items():
-                setattr(member.tracker, key, value)
-        member.best_val_loss, member.stale_epochs = start.best_val_loss, start.epochs_without_improvement
-        member.points = [EpochPoint(**p) for p in start.points]
-    return member
-
-
 class _GroupRun:
     """Members with one optimizer structure and batch size, stacked along dim 0 (K) and stepped together."""
 
     def __init__(
-        self, members: list[_Member], device: torch.device, data_root: Path | None, dtype: torch.dtype
+        self,
+        members: list[tuple[int, RunConfig, Checkpoint | None]],  # (index in configs, config, start)
+        device: torch.device,
+        data_root: Path | None,
+        dtype: torch.dtype,
+        t_call: float,
     ) -> None:
-        self.members = members
-        self.device = device
-        self.batch_size = members[0].config.batch_size
-        first = members[0].config
+        self.device, self.t_call = device, t_call
+        first = members[0][1]
+        self.batch_size = first.batch_size
 
         # data: one split per distinct seed (the split and its standardisation depend on the seed);
         # members index their own seed's slot in the flattened (S * N, ...) tensors
-        seeds = sorted({m.config.data_seed for m in members})
+        seeds = sorted({config.data_seed for _, config, _ in members})
         splits: list[Dataset] = [load_dataset(first.dataset, seed, data_root) for seed in seeds]
         self.n_train, self.n_val = len(splits[0].y_train), len(splits[0].y_val)
         self.x_train = torch.cat([d.x_train for d in splits]).to(device, dtype)  # (S * N, *input_shape)
         self.y_train = torch.cat([d.y_train for d in splits]).to(device)  # (S * N,)
         self.x_val = torch.cat([d.x_val for d in splits]).to(device, dtype)  # (S * N_val, *input_shape)
         self.y_val = torch.cat([d.y_val for d in splits]).to(device)  # (S * N_val,)
-        self.slot = torch.tensor([seeds.index(m.config.data_seed) for m in members], device=device)  # (K,)
-        for m in members:  # the collapse rule scores each member against chance on its own split
-            if m.tracker is not None:
-                split = splits[seeds.index(m.config.data_seed)]
-                m.tracker.chance = chance_of(split.y_train, split.n_classes)
-                m.tracker.replay(m.points)
+        self.slot = torch.tensor([seeds.index(c.data_seed) for _, c, _ in members], device=device)  # (K,)
+        self.members = []
+        for index, config, start in members:  # the collapse rule scores each member against chance on its split
+            split = splits[seeds.index(config.data_seed)]
+            rules = EpochRules.start(config, chance_of(split.y_train, split.n_classes), start, f"member {index}")
+            self.members.append(_Member(index, config, data_order(config, start), rules, start))
 
-        # models: member k's initial weights are what trainer.train builds after manual_seed(seed_k)
+        # models: member k's initial weights are what trainer.train builds from seed_k
         models = []
         with _default_dtype(dtype):
-            for m in members:
-                torch.manual_seed(m.config.seed)
-                model = build_model(m.config.model, splits[0].input_shape, splits[0].n_classes)
+            for m in self.members:
+                model = initial_model(m.config, splits[0].input_shape, splits[0].n_classes)
                 if m.start is not None:
                     model.load_state_dict(m.start.model_state)
                 models.append(model)
         self.n_parameters = count_parameters(models[0])
         self.params = stack_models(models, device)  # flat (K, P); BatchNorm buffers stacked beside it
-        self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in members])
-        self.epoch = members[0].start.epoch if members[0].start is not None else 0
-        if members[0].start is not None:
-            self.optimizer.step_count = int(members[0].start.optimizer_state["state"][0]["step"])
-            for row, m in enumerate(members):
+        self.optimizer = StackedOptimizer(self.params.flat, [m.config.optimizer for m in self.members])
+        start = self.members[0].start
+        self.epoch = start.epoch if start is not None else 0
+        if start is not None:
+            self.optimizer.step_count = int(start.optimizer_state["state"][0]["step"])
+            for row, m in enumerate(self.members):
                 assert m.start is not None
                 self.optimizer.load_member_state_dict(row, m.start.optimizer_state, self.params.join_row)
 
@@ -228,13 +206,12 @@ class _GroupRun:
         should_stop: Callable[[int], bool] | None,
         on_checkpoint: Callable[[int, Checkpoint], None] | None = None,
         checkpoint_due: Callable[[int, int], bool] | None = None,
-    ) -> dict[int, MemberResult]:
-        results: dict[int, MemberResult] = {}
+    ) -> dict[int, TrainResult]:
+        results: dict[int, TrainResult] = {}
         epoch = self.epoch
-        done = [row for row, m in enumerate(self.members) if self._ended_before(m, epoch)]
+        done = [row for row, m in enumerate(self.members) if m.rules.stopped_before()]  # it had stopped early
         for row in done:
-            m = self.members[row]
-            results[m.index] = MemberResult("succeeded", m.points, None, None, True, self.n_parameters)
+            results[self.members[row].index] = self._result(row, "early_stopped")
         if done:
             self._keep([row for row in range(len(self.members)) if row not in done])
         while self.members:
@@ -248,25 +225,18 @@ class _GroupRun:
 
             keep: list[int] = []
             for row, m in enumerate(self.members):
-                point = EpochPoint(
-                    epoch,
-                    train_sums[row] / seen[row],
-                    train_correct[row] / seen[row],
-                    val_sums[row] / self.n_val,
-                    val_correct[row] / self.n_val,
-                    lrs[row],
-                    seconds,
-                )
-                m.points.append(point)
+                train_loss, train_accuracy = train_sums[row] / seen[row], train_correct[row] / seen[row]
+                val_loss, val_accuracy = val_sums[row] / self.n_val, val_correct[row] / self.n_val
+                point = EpochPoint(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lrs[row], seconds)
                 if on_epoch is not None:
                     on_epoch(m.index, point)
-
-                save = functools.partial(self._save, row, epoch, on_checkpoint, checkpoint_due)
-                result = self._finish(m, epoch, point, should_stop, save)
-                if result is None:
+                save = functools.partial(self._save, row, on_checkpoint, checkpoint_due)
+                stop = functools.partial(should_stop, m.index) if should_stop is not None else None
+                ending = m.rules.end_epoch(point, save, stop)
+                if ending is None:
                     keep.append(row)
                 else:
-                    results[m.index] = result
+                    results[m.index] = self._result(row, ending)
             logger.info(
                 "population epoch %d: %d members, %d go on (%.2fs)", epoch, len(self.members), len(keep), seconds
             )
@@ -274,68 +244,25 @@ class _GroupRun:
                 self._keep(keep)
         return results
 
-    @staticmethod
-    def _ended_before(m: _Member, epoch: int) -> bool:
-        """A member resumed from a checkpoint of a run that had early-stopped already (as trainer.train checks)."""
-        return m.config.patience is not None and m.stale_epochs >= m.config.patience and epoch > 0
+    def _result(self, row: int, ending: Ending) -> TrainResult:
+        elapsed = time.perf_counter() - self.t_call
+        return self.members[row].rules.result(ending, elapsed, self.n_parameters, self.device)
 
     def _save(
         self,
         row: int,
-        epoch: int,
         on_checkpoint: Callable[[int, Checkpoint], None] | None,
         checkpoint_due: Callable[[int, int], bool] | None,
     ) -> None:
-        index = self.members[row].index
-        if on_checkpoint is not None and (checkpoint_due is None or checkpoint_due(index, epoch)):
-            on_checkpoint(index, self.checkpoint(row, epoch))
-
-    def checkpoint(self, row: int, epoch: int) -> Checkpoint:
-        """Member `row` after `epoch`, as trainer.train's Checkpoint (copies: safe to keep while training goes on)."""
         m = self.members[row]
-        return Checkpoint(
-            epoch=epoch,
-            model_state=self.params.member_state(row),
-            optimizer_state=self.optimizer.member_state_dict(row, self.params.split_row, len(self.params.shapes)),
-            data_generator_state=m.order.get_state(),
-            torch_rng_state=torch.get_rng_state(),
-            cuda_rng_state=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            divergence_state=m.tracker.state() if m.tracker is not None else {},
-            best_val_loss=m.best_val_loss,
-            epochs_without_improvement=m.stale_epochs,
-            points=[asdict(p) for p in m.points],
-        )
+        if on_checkpoint is not None and (checkpoint_due is None or checkpoint_due(m.index, m.rules.points[-1].epoch)):
+            on_checkpoint(m.index, self.checkpoint(row))
 
-    def _finish(
-        self,
-        m: _Member,
-        epoch: int,
-        point: EpochPoint,
-        should_stop: Callable[[int], bool] | None,
-        save: Callable[[], None],
-    ) -> MemberResult | None:
-        """The member's result if this epoch ended it, else None; the same order of checks as trainer.train."""
-        config = m.config
-        logger.debug("member %d epoch %d: %s", m.index, epoch, point)
-        if m.reason is None and m.tracker is not None:
-            m.reason = m.tracker.end_epoch(point.val_loss, point.val_accuracy)
-        if m.reason is not None:
-            logger.warning("member %d diverged in epoch %d: %s", m.index, epoch, m.reason)
-            return MemberResult("diverged", m.points, epoch, m.reason, False, self.n_parameters)
-        if point.val_loss < m.best_val_loss:  # a NaN val_loss never counts as an improvement
-            m.best_val_loss, m.stale_epochs = point.val_loss, 0
-        else:
-            m.stale_epochs += 1
-        save()
-        if config.patience is not None and m.stale_epochs >= config.patience:
-            logger.info("member %d: early stop after epoch %d", m.index, epoch)
-            return MemberResult("succeeded", m.points, None, None, True, self.n_parameters)
-        if epoch >= config.epochs:
-            return MemberResult("succeeded", m.points, None, None, False, self.n_parameters)
-        if should_stop is not None and should_stop(m.index):
-            logger.info("member %d stopped on request after epoch %d", m.index, epoch)
-            return MemberResult("stopped", m.points, None, None, False, self.n_parameters)
-        return None
+    def checkpoint(self, row: int) -> Checkpoint:
+        """Member `row` after its last epoch as trainer.train's Checkpoint (copies: safe to keep while it trains)."""
+        m = self.members[row]
+        optimizer_state = self.optimizer.member_state_dict(row, self.params.split_row, len(self.params.shapes))
+        return m.rules.checkpoint(self.params.member_state(row), optimizer_state, m.order, self.device)
 
     def _train_epoch(self) -> tuple[list[float], list[int], list[int]]:
         """One epoch of every member on its own permutation; (loss sums, correct counts, samples seen)."""
@@ -349,7 +276,7 @@ class _GroupRun:
         live = [True] * k  # False once a member diverged: its curve and weights stop for the epoch
         live_mask = torch.ones(k, dtype=torch.bool, device=device)  # (K,)
         rows: Tensor | None = None  # the live rows, once some are not
-        tracked = any(m.tracker is not None for m in self.members)
+        tracked = any(m.rules.watches_steps for m in self.members)
         for i in range(0, n, self.batch_size):
             idx = perms[:, i : i + self.batch_size]  # (K, B)
             xb, yb = self.x_train[idx], self.y_train[idx]  # (K, B, *input_shape), (K, B)
@@ -364,12 +291,11 @@ class _GroupRun:
                 # the trackers see the same float losses trainer.train's loss.item() gives them
                 values = losses.detach().tolist()
                 for row, m in enumerate(self.members):
-                    if live[row] and m.tracker is not None:
-                        m.reason = m.tracker.update(values[row])
-                        if m.reason is not None:  # no update from a diverged loss, and none after it
-                            live[row], frozen_seen[row] = False, seen
-                            live_mask[row] = False
-                            rows = torch.tensor([r for r in range(k) if live[r]], dtype=torch.long, device=device)
+                    if live[row] and m.rules.watches_steps and m.rules.step(values[row]):
+                        # no update from a diverged loss, and none after it
+                        live[row], frozen_seen[row] = False, seen
+                        live_mask[row] = False
+                        rows = torch.tensor([r for r in range(k) if live[r]], dtype=torch.long, device=device)
                 if not any(live):
                     break
             # members are independent, so the gradient of the sum is each member's own gradient
