@@ -100,13 +100,7 @@ def run_pbt(population: int, epochs: int, interval: int, device: str, fused: boo
             if own is not None and weights_from[k] != k:
                 source = starts[weights_from[k]]
                 assert source is not None
-                own = trainer.Checkpoint(
-                    **{
-                        **vars(own),
-                        "model_state": source.model_state,
-                        "optimizer_state": {**source.optimizer_state, "lr": hps[k]["lr"]},
-                    }
-                )
+                own = trainer.exploit(own, {"lr": hps[k]["lr"]}, source)
             begin.append(own)
         saved = train_round(configs, begin, boundary, end, device, fused, scores)
         starts = [saved[k] for k in range(population)]

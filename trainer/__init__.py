@@ -10,7 +10,7 @@ from trainer.optimizers import OPTIMIZERS
 from trainer.schedules import SCHEDULES, lr_at
 
 if TYPE_CHECKING:
-    from trainer.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+    from trainer.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes, exploit
     from trainer.data import DATASETS, load_dataset
     from trainer.epochs import EpochPoint, TrainResult
     from trainer.loop import train
@@ -26,6 +26,7 @@ _LAZY = {
     "Checkpoint": "trainer.checkpoint",
     "checkpoint_from_bytes": "trainer.checkpoint",
     "checkpoint_to_bytes": "trainer.checkpoint",
+    "exploit": "trainer.checkpoint",
     "DATASETS": "trainer.data",
     "load_dataset": "trainer.data",
     "EpochPoint": "trainer.epochs",
@@ -64,6 +65,7 @@ __all__ = [
     "build_optimizer",
     "checkpoint_from_bytes",
     "checkpoint_to_bytes",
+    "exploit",
     "fusable",
     "load_dataset",
     "lr_at",

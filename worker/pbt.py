@@ -60,14 +60,10 @@ class _Place:
         if self.epoch == 0:
             return None
         own = trainer.checkpoint_from_bytes(store.get(member_key(pbt_id, self.member, self.epoch)), device)
+        source = None
         if self.weights_from != self.member:  # exploit: the data order, curve and RNG stay the member's own
             source = trainer.checkpoint_from_bytes(store.get(member_key(pbt_id, self.weights_from, self.epoch)), device)
-            own.model_state, own.optimizer_state = source.model_state, source.optimizer_state
-        numbers = {k: v for k, v in self.hyperparameters.items() if k != "lr"}
-        own.optimizer_state["hyperparameters"] = {**own.optimizer_state["hyperparameters"], **numbers}
-        if "lr" in self.hyperparameters:
-            own.optimizer_state["lr"] = float(self.hyperparameters["lr"])
-        return own
+        return trainer.exploit(own, self.hyperparameters, source)
 
     def on_epoch(self, point: trainer.EpochPoint) -> None:
         self.writer.put_point(asdict(point))

@@ -116,6 +116,7 @@ def test_import_trainer_exports_interface() -> None:
         "MODELS",
         "SCHEDULES",
         "Checkpoint",
+        "exploit",
         "train_population",
         "why_not_fusable",
     ]
