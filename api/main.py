@@ -80,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(lr_finder.router)
     app.include_router(pbt.router)
     app.include_router(dashboard.router)
+    app.mount("/static", dashboard.assets(), name="dashboard-assets")  # after /static/docs: that mount comes first
     app.add_middleware(Gate, max_json_bytes=lambda: get_settings().max_json_body_bytes)
     app.middleware("http")(metrics.time_requests)  # outermost: it times the gate's refusals too
     openapi.install(app)

@@ -1,19 +1,19 @@
-"""The dashboard: HTML pages (one shell that the script renders from the path) and their static assets."""
+"""The dashboard: HTML pages (one shell that the script renders from the path) and its assets (Starlette's
+StaticFiles over api/dashboard/static/, mounted at /static by api/main.py)."""
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
-from typing import Annotated
 
 from fastapi import APIRouter
-from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from api.errors import ApiError
-
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard"
-MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 # The pages hold no data, so they need no key; the script's calls to /v1 carry it.
 PAGES = (
     "/",
@@ -32,7 +32,7 @@ router = APIRouter(include_in_schema=False)
 
 @cache
 def _shell() -> str:
-    return (ASSETS_DIR / "index.html").read_text(encoding="utf-8")
+    return (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8")
 
 
 def page() -> HTMLResponse:
@@ -43,10 +43,16 @@ for _path in PAGES:
     router.add_api_route(_path, page, methods=["GET", "HEAD"], response_class=HTMLResponse)
 
 
-@router.api_route("/static/{name}", methods=["GET", "HEAD"])
-def asset(name: Annotated[str, PathParam(pattern=r"^[a-z][a-z0-9_-]*\.(js|css|svg)$")]) -> FileResponse:
-    """Only files that sit in the dashboard folder by that exact name: the pattern keeps paths out."""
-    path = ASSETS_DIR / name
-    if not path.is_file():
-        raise ApiError(404, ["path", "name"], f"no dashboard asset {name}", "not_found")
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=NO_CACHE)
+class Assets(StaticFiles):
+    """The scripts, styles and icon, each revalidated on every load (a 304 while unchanged)."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(NO_CACHE)
+        return response
+
+
+def assets() -> Assets:
+    return Assets(directory=DASHBOARD_DIR / "static")

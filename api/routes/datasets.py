@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from api.deps import CursorDep, DatasetDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
-from api.gate import bad_char
+from api.multipart import FILE, StreamedForm, receive
 from lrlab import datasets
 from lrlab.blobs import get_blob_store
 from lrlab.models import Dataset
@@ -29,10 +25,8 @@ from lrlab.uploads import records
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-FIELDS = ("file", "name", "label_column")
-MAX_FIELD_BYTES = 1000
+FIELDS = (FILE, "name", "label_column")
 MULTIPART_SLACK = 64 << 10  # boundaries, part headers and the small fields around the file
-FLUSH_BYTES = 1 << 20  # file bytes are hashed and written in a worker thread, this many at a time
 
 UPLOAD_FORM = {
     "requestBody": {
@@ -70,137 +64,7 @@ UPLOAD_FORM = {
 }
 
 
-class _Form:
-    """A multipart body parsed as it streams: the file part goes to the staged file, hashed and counted on the way."""
-
-    def __init__(self, staged: Path, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.out = staged.open("wb")
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.filename: str | None = None
-        self.fields: dict[str, bytearray] = {}
-        self.done = False
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._part: str | None = None
-        self._header = (bytearray(), bytearray())
-        self._disposition = b""
-
-    def parser(self, boundary: bytes) -> MultipartParser:
-        callbacks: Any = {
-            "on_part_begin": self._begin,
-            "on_header_field": lambda data, start, end: self._header[0].extend(data[start:end]),
-            "on_header_value": lambda data, start, end: self._header[1].extend(data[start:end]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_end": self._end,
-        }
-        return MultipartParser(boundary, callbacks)
-
-    def _begin(self) -> None:
-        self._part, self._disposition = None, b""
-
-    def _header_end(self) -> None:
-        if bytes(self._header[0]).strip().lower() == b"content-disposition":
-            self._disposition = bytes(self._header[1])
-        self._header[0].clear()
-        self._header[1].clear()
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name not in FIELDS:
-            raise ApiError(422, ["body", name], f"unknown form field {name!r}; expected one of {list(FIELDS)}")
-        if name == "file":
-            if b"filename" not in options:
-                raise ApiError(422, ["body", "file"], "`file` must be a file part (with a filename)")
-            if self.filename is not None:
-                raise ApiError(422, ["body", "file"], "one file per upload")
-            self.filename = options[b"filename"].decode("utf-8", "replace")
-            if why := bad_char(self.filename):
-                raise ApiError(422, ["body", "file"], f"the file name {why}", "invalid_text")
-        elif name in self.fields:
-            raise ApiError(422, ["body", name], f"form field {name!r} given twice")
-        else:
-            self.fields[name] = bytearray()
-        self._part = name
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._part == "file":
-            self.size += end - start
-            if self.size > self.max_bytes:
-                raise ApiError(
-                    413,
-                    ["body", "file"],
-                    f"the file is over {self.max_bytes} bytes (LRLAB_MAX_UPLOAD_BYTES)",
-                    "too_large",
-                )
-            self._pending.append(bytes(data[start:end]))
-            self._pending_bytes += end - start
-        elif self._part is not None:
-            field = self.fields[self._part]
-            field.extend(data[start:end])
-            if len(field) > MAX_FIELD_BYTES:
-                raise ApiError(422, ["body", self._part], f"at most {MAX_FIELD_BYTES} bytes")
-
-    def _end(self) -> None:
-        self.done = True
-
-    @property
-    def should_flush(self) -> bool:
-        return self._pending_bytes >= FLUSH_BYTES
-
-    def flush(self) -> None:
-        for chunk in self._pending:
-            self.sha256.update(chunk)
-            self.out.write(chunk)
-        self._pending.clear()
-        self._pending_bytes = 0
-
-    def finish(self) -> None:
-        self.flush()
-        self.out.flush()
-        os.fsync(self.out.fileno())  # on disk before the rename that publishes it
-        self.out.close()
-
-    def text(self, name: str) -> str | None:
-        if name not in self.fields:
-            return None
-        try:
-            value = self.fields[name].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise ApiError(422, ["body", name], "must be UTF-8 text") from None
-        if not value or len(value) > 200:
-            raise ApiError(422, ["body", name], "must be 1 to 200 characters")
-        if why := bad_char(value):
-            raise ApiError(422, ["body", name], f"text {why}", "invalid_text")
-        return value
-
-
-async def _receive(request: Request, form: _Form) -> None:
-    content_type = request.headers.get("content-type", "")
-    kind, options = parse_options_header(content_type)
-    if kind != b"multipart/form-data" or not options.get(b"boundary"):
-        raise ApiError(415, ["header", "content-type"], "send the dataset as multipart/form-data, the file in `file`")
-    parser = form.parser(options[b"boundary"])
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if form.should_flush:
-                await run_in_threadpool(form.flush)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise ApiError(422, ["body"], f"malformed multipart body: {exc}") from exc
-    await run_in_threadpool(form.finish)
-    if not form.done:
-        raise ApiError(422, ["body"], "the multipart body ended early (an interrupted upload?)")
-    if form.filename is None:
-        raise ApiError(422, ["body", "file"], "field required: the dataset file", "missing")
-
-
-def _store(session: Session, settings: Settings, owner: str, form: _Form, staged: Path) -> tuple[Dataset, bool]:
+def _store(session: Session, settings: Settings, owner: str, form: StreamedForm, staged: Path) -> tuple[Dataset, bool]:
     """Everything after the bytes are on disk: dedupe, quota, validation, then one transaction."""
     assert form.filename is not None
     kind = datasets.kind_of(form.filename)
@@ -283,9 +147,9 @@ async def upload_dataset(request: Request, session: SessionDep, owner: OwnerDep,
     blobs = get_blob_store(settings)
     await run_in_threadpool(blobs.sweep_staging)
     with blobs.staging() as staged:
-        form = _Form(staged, settings.max_upload_bytes)
+        form = StreamedForm(staged, FIELDS, settings.max_upload_bytes, "LRLAB_MAX_UPLOAD_BYTES")
         try:
-            await _receive(request, form)
+            await receive(request, form)
             dataset, created = await run_in_threadpool(_store, session, settings, owner, form, staged)
         except ClientDisconnect:
             return JSONResponse({}, status_code=400)  # nobody is listening
