@@ -40,7 +40,8 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
     queued = [r for r in run_ids if r in rows and rows[r][0] == RunStatus.queued.value]
     if not queued:
         return
-    reason = why_not_fusable([trainer.RunConfig.from_spec(materialize(rows[r][1])) for r in queued])
+    configs = {r: trainer.RunConfig.from_spec(materialize(rows[r][1])) for r in queued}  # a run's spec never changes
+    reason = why_not_fusable(list(configs.values()))
     if reason is not None:
         log.info("pack of %d runs is not fusable (%s): sending them separately", len(queued), reason)
         leases.dispatch_runs([(r, rows[r][2]) for r in queued])
@@ -70,7 +71,7 @@ def execute_pack(run_ids: list[str], worker: str) -> None:
     ]
     try:
         results = train_population(
-            [trainer.RunConfig.from_spec(materialize(c.spec)) for c in claims],
+            [configs[c.run_id] for c in claims],
             device=device,
             data_root=settings.dataset_root,
             on_epoch=lambda k, point: writers[k].put_point(asdict(point)),
