@@ -16,76 +16,125 @@ const memberColor = (k) => PALETTE[k % PALETTE.length];
 const memberDash = (k) => DASHES[Math.floor(k / PALETTE.length) % DASHES.length];
 
 export async function pbtPage(app, id) {
-  let pbt = await api(`/v1/pbt/${id}`);
+  const view = new PopulationView(app, await api(`/v1/pbt/${id}`));
   setTitle(`Population ${shortId(id)}`);
-  let metric = "val_accuracy";
-  const curves = new LineChart({
-    name: "members", title: "Every member per epoch · exploits marked", yLabel: metric, yClamp: [0, 1],
-    logToggle: true,
-  });
-  const schedule = new LineChart({
-    name: "schedule", title: "Discovered lr schedule · the best member's weights, inherited epochs included",
-    yLabel: "lr", empty: "no interval finished yet",
-  });
-  schedule.setLogY(true);
-  const picker = h("select", { name: "metric", dataset: { role: "metric" } },
-    CURVES.map((m) => h("option", { value: m, selected: m === metric }, m)));
-  picker.addEventListener("change", () => {
-    metric = picker.value;
-    curves.opts.yLabel = metric;
-    curves.opts.yClamp = metric.endsWith("accuracy") ? [0, 1] : undefined;
-    draw();
-  });
+  view.draw();
+  while (!FINISHED.has(view.pbt.status)) {
+    await sleep(POLL_MS);
+    try {
+      view.pbt = await api(`/v1/pbt/${id}`);
+      view.notice.replaceChildren();
+    } catch (error) {
+      if (error instanceof ApiError && error.status < 500) throw error;
+      view.notice.replaceChildren(h("p", { class: "muted" }, `Live updates interrupted (${error.message}); retrying…`));
+      continue;
+    }
+    view.draw();
+  }
+}
 
-  const header = h("div", { class: "page-head" });
-  const notice = h("div", { class: "notice" });
-  const progress = h("div", { class: "progress" });
-  const best = h("section", { class: "card", dataset: { role: "best" } });
-  const settings = h("section", { class: "card" });
-  const lineage = h("div", { class: "table-wrap" });
-  const members = h("div", { class: "table-wrap" });
-  app.replaceChildren(
-    header,
-    notice,
-    progress,
-    h("div", { class: "run-layout" },
-      h("div", { class: "charts" },
-        h("div", { class: "controls" }, h("label", { class: "control" }, "curve ", picker)),
-        curves.element,
-        schedule.element),
-      h("div", { class: "side" }, best, settings)),
-    h("h2", {}, "Members"),
-    members,
-    h("h2", {}, "Lineage"),
-    h("p", { class: "hint" }, "After each interval the bottom members take the weights and optimizer state of a top ",
-      "member, then explore its hyperparameters: each one perturbed by a factor or resampled afresh."),
-    lineage,
-  );
+/** The page's parts, laid out once and redrawn from each answer of GET /v1/pbt/{id}. */
+class PopulationView {
+  constructor(app, pbt) {
+    this.pbt = pbt;
+    this.metric = "val_accuracy";
+    this.bestShown = null; // the best card is redrawn only when the best member or its schedule changes
+    this.curves = new LineChart({
+      name: "members", title: "Every member per epoch · exploits marked", yLabel: this.metric, yClamp: [0, 1],
+      logToggle: true,
+    });
+    this.schedule = new LineChart({
+      name: "schedule", title: "Discovered lr schedule · the best member's weights, inherited epochs included",
+      yLabel: "lr", empty: "no interval finished yet",
+    });
+    this.schedule.setLogY(true);
+    this.header = h("div", { class: "page-head" });
+    this.notice = h("div", { class: "notice" });
+    this.progress = h("div", { class: "progress" });
+    this.best = h("section", { class: "card", dataset: { role: "best" } });
+    this.settings = h("section", { class: "card" });
+    this.lineage = h("div", { class: "table-wrap" });
+    this.members = h("div", { class: "table-wrap" });
+    app.replaceChildren(...this.layout());
+  }
 
-  let bestShown = null; // the best card is redrawn only when the best member or its schedule changes
+  layout() {
+    return [
+      this.header,
+      this.notice,
+      this.progress,
+      h("div", { class: "run-layout" },
+        h("div", { class: "charts" },
+          h("div", { class: "controls" }, h("label", { class: "control" }, "curve ", this.metricPicker())),
+          this.curves.element,
+          this.schedule.element),
+        h("div", { class: "side" }, this.best, this.settings)),
+      h("h2", {}, "Members"),
+      this.members,
+      h("h2", {}, "Lineage"),
+      h("p", { class: "hint" }, "After each interval the bottom members take the weights and optimizer state of a top ",
+        "member, then explore its hyperparameters: each one perturbed by a factor or resampled afresh."),
+      this.lineage,
+    ];
+  }
 
-  function draw() {
+  metricPicker() {
+    const picker = h("select", { name: "metric", dataset: { role: "metric" } },
+      CURVES.map((m) => h("option", { value: m, selected: m === this.metric }, m)));
+    picker.addEventListener("change", () => {
+      this.metric = picker.value;
+      this.curves.opts.yLabel = this.metric;
+      this.curves.opts.yClamp = this.metric.endsWith("accuracy") ? [0, 1] : undefined;
+      this.draw();
+    });
+    return picker;
+  }
+
+  draw() {
+    const { pbt } = this;
+    this.drawHeader();
+    this.drawProgress();
+    this.drawCurves();
+    this.drawSchedule();
+    this.members.replaceChildren(membersTable(pbt));
+    this.lineage.replaceChildren(lineageTable(pbt.lineage));
+    this.settings.replaceChildren(h("h3", {}, "Settings"), settingsFacts(pbt));
+    const shown = JSON.stringify([pbt.status, pbt.best]);
+    if (shown !== this.bestShown) {
+      this.bestShown = shown;
+      bestCard(this.best, pbt).catch((error) => this.best.append(errorBox(error)));
+    }
+  }
+
+  drawHeader() {
+    const { pbt } = this;
     const { spec } = pbt;
-    const done = Math.min(...pbt.members.map((m) => m.points.length));
-    const rounds = Math.ceil(spec.epochs / spec.interval);
-    header.replaceChildren(
+    this.header.replaceChildren(
       h("h1", {}, "Population ", h("span", { class: "mono" }, shortId(pbt.id)), " ", statusBadge(pbt.status)),
       h("p", { class: "subtitle" }, `${pbt.name} · ${spec.population} members · `,
         `${spec.base.optimizer.name} on `, datasetRef(spec.base.dataset), ` · ${spec.base.model.name}`),
       FINISHED.has(pbt.status)
         ? ""
-        : h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel population"),
+        : h("button", { type: "button", class: "secondary", onclick: () => this.cancel() }, "Cancel population"),
     );
-    progress.replaceChildren(
+  }
+
+  drawProgress() {
+    const { spec, members, epochs_completed: completed } = this.pbt;
+    const done = Math.min(...members.map((m) => m.points.length));
+    const rounds = Math.ceil(spec.epochs / spec.interval);
+    this.progress.replaceChildren(
       h("div", { class: "bar" }, h("span", { style: `width:${Math.min(100, (100 * done) / spec.epochs)}%` })),
       h("span", { dataset: { role: "epochs" } },
-        `epoch ${done} / ${spec.epochs} · round ${Math.ceil(pbt.epochs_completed / spec.interval)} / ${rounds}`),
+        `epoch ${done} / ${spec.epochs} · round ${Math.ceil(completed / spec.interval)} / ${rounds}`),
     );
+  }
 
-    const xDomain = [1, Math.max(2, spec.epochs)];
-    curves.opts.xDomain = xDomain;
+  drawCurves() {
+    const { pbt, metric } = this;
+    this.curves.opts.xDomain = [1, Math.max(2, pbt.spec.epochs)];
     const leader = pbt.best?.member;
-    curves.setData(
+    this.curves.setData(
       pbt.members.map((m) => ({
         id: `member-${m.member}`,
         label: `member ${m.member}${m.member === leader ? " (best)" : ""}`,
@@ -96,19 +145,11 @@ export async function pbtPage(app, id) {
       })),
       exploitMarkers(pbt.lineage),
     );
-    drawSchedule();
-    members.replaceChildren(membersTable(pbt));
-    lineage.replaceChildren(lineageTable(pbt.lineage));
-    settings.replaceChildren(h("h3", {}, "Settings"), settingsFacts(pbt));
-    const shown = JSON.stringify([pbt.status, pbt.best]);
-    if (shown !== bestShown) {
-      bestShown = shown;
-      bestCard(best, pbt).catch((error) => best.append(errorBox(error)));
-    }
   }
 
-  function drawSchedule() {
+  drawSchedule() {
     // A step line: the lr of epoch e holds from e-1 to e. Markers where the weights' history changes hands.
+    const { pbt } = this;
     const followed = pbt.best ? pbt.best.schedule : [];
     const baseLr = pbt.spec.base.optimizer.lr;
     const points = followed.flatMap((f) => {
@@ -122,35 +163,21 @@ export async function pbtPage(app, id) {
         markers.push({ x: f.epoch - 1, label: `weights of member ${before.member} → ${f.member}` });
       }
     });
-    schedule.opts.xDomain = [0, Math.max(1, pbt.spec.epochs)];
+    this.schedule.opts.xDomain = [0, Math.max(1, pbt.spec.epochs)];
     const who = pbt.best ? pbt.best.member : 0;
-    schedule.setData(
+    this.schedule.setData(
       [{ id: "lr", label: `lr (best: member ${who})`, metric: "lr", color: memberColor(who), points }],
       markers,
     );
   }
 
-  async function cancel() {
+  async cancel() {
     try {
-      pbt = await api(`/v1/pbt/${pbt.id}/cancel`, { method: "POST" });
-      draw();
+      this.pbt = await api(`/v1/pbt/${this.pbt.id}/cancel`, { method: "POST" });
+      this.draw();
     } catch (error) {
-      notice.replaceChildren(errorBox(error));
+      this.notice.replaceChildren(errorBox(error));
     }
-  }
-
-  draw();
-  while (!FINISHED.has(pbt.status)) {
-    await sleep(POLL_MS);
-    try {
-      pbt = await api(`/v1/pbt/${id}`);
-      notice.replaceChildren();
-    } catch (error) {
-      if (error instanceof ApiError && error.status < 500) throw error;
-      notice.replaceChildren(h("p", { class: "muted" }, `Live updates interrupted (${error.message}); retrying…`));
-      continue;
-    }
-    draw();
   }
 }
 
