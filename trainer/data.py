@@ -43,7 +43,7 @@ class Dataset:
     name: str
 
 
-@functools.cache  # parsing scikit-learn's CSV takes ~20 ms: a population of 64 seeds paid it 64 times
+@functools.cache  # parsed once per process, not once per seed of a population (docs/benchmarks.md)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 

@@ -14,22 +14,16 @@ from torch.func import functional_call, stack_module_state, vmap
 from trainer.models import BasicBlock, Reshape
 from trainer.population.stack import FlatStack, StackedParameters, mlp_layers
 
-# Why grouped convolutions rather than torch.func.vmap(functional_call): measured on the 2-core CPU VM
-# (torch 2.13.0+cpu, shared with other sessions' test suites, so absolute times moved by up to 2x between
-# runs; the order of the first two never did), the default cnn (32 channels, depth 2) on digits, batch 64,
-# one training-mode forward + backward, one thread, medians of 7 x 30 steps, over 4 to 5 runs each
-# (bench/stacked_forward.py measures the same; run it with --device cuda for a GPU):
-#   K = 4:  grouped 14.1-21.7 ms, vmap 20.2-27.7 ms, a loop over the 4 models 16.8-20.4 ms
-#   K = 16: grouped 47.1-91.2 ms, vmap 62.2-151.3 ms, loop 47.9-105.1 ms
-# In every run grouped took 60-78% of vmap's time, and 80-115% of the loop's. vmap lowers each conv to
-# the same grouped convolution, but its BatchNorm rule normalises without the affine weight and applies
-# it after (a mul and an add, two reduction sums in the backward, per layer) and its max_pool rule calls
-# max_pool2d_with_indices twice (profiled). The grouped path keeps every member's channels side by side,
-# (B, K * C, *spatial), where each channel-wise op (BatchNorm, ReLU, pooling) already treats them apart,
-# so only conv, linear and reshape layers need a stacked version. vmap stays the fallback for layers the
-# grouped path does not know. Why not faster than the loop on a CPU: K members' activations outgrow the
-# caches one member's fit (the first conv and its backward at K = 16: 29-33 ms grouped, 14 ms in a loop,
-# and an unfold + bmm formulation no better at 35 ms); a GPU has the parallelism to spare instead.
+# Why grouped convolutions rather than torch.func.vmap(functional_call): faster in every CPU run measured
+# (docs/benchmarks.md, "Design measurements of the fused path"; bench/stacked_forward.py measures it, with
+# --device cuda on a GPU). vmap lowers each conv to the same grouped convolution, but its BatchNorm rule
+# normalises without the affine weight and applies it after (a mul and an add, two reduction sums in the
+# backward, per layer) and its max_pool rule calls max_pool2d_with_indices twice (profiled). The grouped path
+# keeps every member's channels side by side, (B, K * C, *spatial), where each channel-wise op (BatchNorm,
+# ReLU, pooling) already treats them apart, so only conv, linear and reshape layers need a stacked version.
+# vmap stays the fallback for layers the grouped path does not know. On a CPU it is no faster than a loop
+# over the models (K members' activations outgrow the caches one member's fit); a GPU has the parallelism
+# to spare instead.
 
 
 class FunctionalStack(FlatStack):

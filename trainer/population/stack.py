@@ -12,11 +12,9 @@ from torch.func import stack_module_state
 # bias name), the names being the model's own parameter names.
 Layer = tuple[str, str, str]
 
-# Why batched matmul rather than torch.func.vmap(functional_call): measured on the 2-core CPU VM
-# (torch 2.13.0+cpu), default MLP 64-128-128-10 on digits, K = 16, batch 64, one forward + backward
-# (medians of 10 x 200 steps): baddbmm 2.2 ms vs vmap 2.6 ms with 2 threads, 2.8 ms vs 3.7 ms with 1
-# thread; a Python loop over 16 separate models took 5.1-6.4 ms. vmap lowers F.linear to the same
-# matmuls but pays for the wrapping on every call.
+# Why batched matmul rather than torch.func.vmap(functional_call): it was faster on the CPU, with or without
+# threads, and a loop over separate models slower still; vmap lowers F.linear to the same matmuls but pays for
+# the wrapping on every call. The measurement: docs/benchmarks.md, "Design measurements of the fused path".
 
 
 class FlatStack:
