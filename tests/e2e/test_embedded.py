@@ -1,13 +1,15 @@
-"""The embedded default: `lrlab up` with no servers; queued runs survive a restart."""
+"""The embedded default: `lrlab up` with no servers; a run queued while no worker runs waits in the SQLite broker
+and is trained once one starts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,23 @@ def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return 0, None
 
 
+def _waiting(data_dir: Path, queue: str) -> list[str]:
+    """The ids in the messages waiting on `queue` of the embedded broker (kombu's SQLAlchemy transport tables)."""
+    with sqlite3.connect(data_dir / "broker.db") as broker:
+        rows = broker.execute(
+            "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+            " WHERE q.name = ? AND m.visible ORDER BY m.id",
+            (queue,),
+        ).fetchall()
+    return [json.loads(base64.b64decode(json.loads(payload)["body"]))[0][0] for (payload,) in rows]
+
+
+def _dispatched_at(data_dir: Path, run_id: str) -> str | None:
+    with sqlite3.connect(data_dir / "lrlab.db") as db:
+        row = db.execute("SELECT dispatched_at FROM run WHERE id = ?", (run_id,)).fetchone()
+    return row[0] if row else None
+
+
 def _start(args: list[str], data_dir: Path, log: Path, auth: str | None = None) -> subprocess.Popen[bytes]:
     env = _env(data_dir)
     if auth is not None:
@@ -58,18 +77,20 @@ def test_up_embedded_trains_and_keeps_queued_runs_across_restart(tmp_path: Path)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
 
-    # 1. The API alone (no worker yet): the run is accepted and waits in the SQLite-backed queue.
+    # 1. The API alone (no worker yet): the run is accepted, stamped, and its message waits in the SQLite broker
+    # (sent before the 202: nothing here waits for it).
     api = _start(["api", "--port", str(port)], data_dir, log, auth="disabled")
     try:
         wait_for(lambda: _http("GET", f"{base}/healthz")[0] == 200, 60, "embedded api", interval=0.3)
         status, created = _http("POST", f"{base}/v1/runs", {"dataset": "digits", "epochs": 2})
         assert status == 202, created
-        time.sleep(0.5)
-        assert _http("GET", f"{base}/v1/runs/{created['id']}")[1]["status"] == "queued"
+        assert _waiting(data_dir, "cpu") == [created["id"]]
+        assert _dispatched_at(data_dir, created["id"]) is not None
     finally:
         stop_process(api)
 
-    # 2. `lrlab up` on the same data dir: its worker picks up the run queued before the restart.
+    # 2. `lrlab up` on the same data dir: its worker takes that message (the reconciler would send a stamped run
+    # again only after LRLAB_REDISPATCH_SECONDS, ten minutes) and trains the run queued before the restart.
     up = _start(["up", "--port", str(port)], data_dir, log)
     try:
 
@@ -79,6 +100,7 @@ def test_up_embedded_trains_and_keeps_queued_runs_across_restart(tmp_path: Path)
 
         run = wait_for(finished, 120, "the queued run to finish", interval=0.5)
         assert run["status"] == "succeeded", (run, log.read_text()[-3000:])
+        assert _waiting(data_dir, "cpu") == []
         assert _http("GET", f"{base}/readyz")[1] == {"status": "ok", "database": "ok", "broker": "ok"}
         status, second = _http("POST", f"{base}/v1/runs", {"dataset": "spirals", "epochs": 2, "model": "cnn"})
         assert status == 202
