@@ -2,7 +2,7 @@
 
     with Cluster(hosts=3, forward={"postgres": ("127.0.0.1", 5432), "redis": ("127.0.0.1", 6379)}) as c:
         api = c.hosts[0]
-        proc = api.popen([...], env=...)          # a process on that host (ip netns exec)
+        proc = api.popen([...], env=...)          # a process on that host (ip netns exec; its own hostname)
         c.address("postgres")                     # ("10.213.7.1", 5432): where the hosts reach Postgres
         c.hosts[1].cut(); ...; c.hosts[1].restore()   # its link down (packets dropped, no reset), then up
 
@@ -167,8 +167,15 @@ class Host:
     address: str
     link: str  # the link's end on the bridge (in the root namespace)
 
+    @property
+    def hostname(self) -> str:
+        return self.netns.removeprefix("lrlab-")
+
     def command(self, cmd: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *cmd]
+        """`cmd` on this host: in its network namespace, under a hostname of its own (a UTS namespace), so
+        what names itself by hostname (Celery's node names, lrlab's heartbeats) tells the hosts apart."""
+        set_name = 'hostname "$0" && exec "$@"'
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--", "sh", "-c", set_name, self.hostname, *cmd]
 
     def run(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command on this host and wait for it (subprocess.run's keywords)."""

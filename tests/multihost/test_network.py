@@ -52,6 +52,7 @@ PROBE = textwrap.dedent(
         found["own_loopback_postgres"] = "ok"
     except OSError as exc:
         found["own_loopback_postgres"] = errno.errorcode.get(exc.errno, type(exc).__name__)
+    found["hostname"] = socket.gethostname()
     print(json.dumps(found))
     """
 )
@@ -102,6 +103,7 @@ def test_hosts_reach_the_servers_through_the_forwarders_and_a_cut_link_stops_the
         "redis_ping": True,
         "s3_roundtrip": True,
         "own_loopback_postgres": "ECONNREFUSED",  # a host of its own: nothing on its loopback
+        "hostname": worker.hostname,
     }
 
     worker.cut()
