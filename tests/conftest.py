@@ -51,33 +51,48 @@ def services() -> None:
         pytest.skip("service unavailable: " + "; ".join(problems))
 
 
-@pytest.fixture(scope="session")
-def pg_url(services: None) -> Iterator[str]:
+@contextlib.contextmanager
+def private_database() -> Iterator[str]:
+    """A Postgres database of its own, created empty and dropped afterwards; its lrlab URL."""
     name = f"lrlab_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def spare_redis_db() -> Iterator[str]:
+    """A Redis db number (1..15) no other test run uses, claimed with a lock key in db 0; flushed before and after."""
+    admin = redis.Redis.from_url(f"{REDIS_HOST}/0")
+    token = uuid.uuid4().hex
+    db = next((n for n in range(1, 16) if admin.set(f"lrlab-test-lock:{n}", token, nx=True, ex=3600)), None)
+    if db is None:
+        pytest.fail("no free Redis db number for this test run")
+    url = f"{REDIS_HOST}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        if admin.get(f"lrlab-test-lock:{db}") == token.encode():
+            admin.delete(f"lrlab-test-lock:{db}")
+
+
+@pytest.fixture(scope="session")
+def pg_url(services: None) -> Iterator[str]:
+    with private_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_url(services: None) -> Iterator[str]:
-    """Claim a free Redis db number (1..15) for this run with a lock key in db 0."""
-    admin = redis.Redis.from_url(f"{REDIS_HOST}/0")
-    token = uuid.uuid4().hex
-    for db in range(1, 16):
-        if admin.set(f"lrlab-test-lock:{db}", token, nx=True, ex=3600):
-            break
-    else:
-        pytest.fail("no free Redis db number for this test run")
-    url = f"{REDIS_HOST}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
-    if admin.get(f"lrlab-test-lock:{db}") == token.encode():
-        admin.delete(f"lrlab-test-lock:{db}")
+    with spare_redis_db() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,10 @@ is flushed and released. A capped number of examples per operation keeps it shor
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
@@ -21,28 +19,16 @@ from sqlalchemy import update
 
 from api.main import create_app
 from tests.api.test_access import settings_env
-from tests.conftest import make_key
+from tests.conftest import make_key, spare_redis_db
 
 pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
 def quiet_broker(redis_url: str) -> Iterator[str]:
-    """A free Redis db number besides the run's own, claimed with the same lock keys in db 0."""
-    host = redis_url.rsplit("/", 1)[0]
-    admin = redis.Redis.from_url(f"{host}/0")
-    token = uuid.uuid4().hex
-    db = next((n for n in range(1, 16) if admin.set(f"lrlab-test-lock:{n}", token, nx=True, ex=3600)), None)
-    if db is None:
-        pytest.fail("no free Redis db number for the fuzz test's broker")
-    url = f"{host}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    try:
+    """A free Redis db number besides the run's own (tests/conftest.py)."""
+    with spare_redis_db() as url:
         yield url
-    finally:
-        redis.Redis.from_url(url).flushdb()
-        if admin.get(f"lrlab-test-lock:{db}") == token.encode():
-            admin.delete(f"lrlab-test-lock:{db}")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,21 @@
 
 Drives Debian's /usr/bin/chromium through Playwright (no browser download). Without it the tests skip,
 except under CI (CI=true), where a missing browser fails them.
+
+The live tests hold training still at a chosen point instead of racing to catch it half-way: `lrlab up` runs over
+a Postgres database of its own, its worker is paused (SIGSTOP) while the work is submitted, and a transaction of
+the test's blocks the write that would go past that point (an uncommitted curve point a run's writer must wait
+for, or a population's member rows that the round's decision must update) until the page has shown the state
+before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,9 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from tests.conftest import ROOT, stop_process, wait_for
+from tests.conftest import ROOT, private_database, spare_redis_db, stop_process, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -127,6 +136,70 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc)
 
 
+@pytest.fixture(scope="module")
+def up_pg(services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
+    """`lrlab up` over a Postgres database and a Redis db of its own (no other worker near them), each epoch's
+    progress committed as it ends; yields its base URL, its database URL and its worker's pid."""
+    with private_database() as database, spare_redis_db() as broker:
+        data_dir = tmp_path_factory.mktemp("dashboard-live")
+        env = _env(data_dir, LRLAB_DATABASE_URL=database, LRLAB_BROKER_URL=broker, LRLAB_PROGRESS_FLUSH_SECONDS="0")
+        proc, base = _serve(["up"], env, data_dir / "up.log")
+        try:
+            yield base, database.replace("+psycopg", ""), _child_of(proc.pid)
+        finally:
+            stop_process(proc)
+
+
+def _child_of(parent: int) -> int:
+    """The one child process of `parent` (`lrlab up`'s worker)."""
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == parent:
+                    found.append(int(stat.parent.name))
+        return found
+
+    (child,) = wait_for(children, 30, "lrlab up's worker process")
+    return child
+
+
+@contextlib.contextmanager
+def _paused(pid: int) -> Iterator[None]:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+# A run's writer upserts each epoch's point: an uncommitted row for epoch 8 makes it wait there.
+HOLD_EPOCH_8 = "INSERT INTO curve_point (run_id, epoch, lr, seconds, nonfinite) VALUES (%s, 8, 0, 0, '[]')"
+# A round is decided in the transaction that records the last member's epoch (lrlab.pbt.rounds.reach).
+HOLD_MEMBERS = "SELECT 1 FROM pbt_member WHERE pbt_id = %s FOR UPDATE"
+
+
+@contextlib.contextmanager
+def _holding(database: str, statement: str, *args: Any) -> Iterator[psycopg.Connection[Any]]:
+    """`statement` in a transaction left open (its row locks held) until the block ends, then rolled back."""
+    with psycopg.connect(database) as conn:
+        conn.execute(statement, args)
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def _waiting_on(database: str, holder: psycopg.Connection[Any]) -> bool:
+    """Whether some session waits for a lock `holder` holds."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        pid = holder.info.backend_pid
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,))
+        return bool(row.fetchone()[0])  # type: ignore[index]
+
+
 def _points(page: Any, chart: str, series: str) -> int:
     path = page.locator(f"[data-chart={chart}] [data-role=series][data-series={series}]")
     return int(path.get_attribute("data-points")) if path.count() else 0
@@ -151,26 +224,33 @@ def test_pages_and_assets_are_served_outside_the_api_schema(up: str) -> None:
     assert not [p for p in paths if p == "/" or p.startswith(("/runs", "/experiments", "/compare", "/pbt", "/static"))]
 
 
-def test_submit_run_from_form_streams_curves_until_succeeded(up: str, page: Any) -> None:
-    page.goto(f"{up}/")
+def test_submit_run_from_form_streams_curves_until_succeeded(up_pg: tuple[str, str, int], page: Any) -> None:
+    base, database, worker = up_pg
+    page.goto(f"{base}/")
     page.select_option("#f-dataset", "spirals")
     page.fill("#f-epochs", "15")
-    page.fill("#f-batch_size", "8")  # small batches: about 4 s of training, long enough to watch it grow
-    page.click("button[data-action=run]")
-    page.wait_for_url(RUN_PATH)
-    run_id = page.url.rsplit("/", 1)[1]
+    page.fill("#f-batch_size", "8")
+    with contextlib.ExitStack() as held:
+        with _paused(worker):  # nothing trains until epoch 8's row is held
+            page.click("button[data-action=run]")
+            page.wait_for_url(RUN_PATH)
+            run_id = page.url.rsplit("/", 1)[1]
+            holder = held.enter_context(_holding(database, HOLD_EPOCH_8, run_id))
+        wait_for(lambda: _waiting_on(database, holder), 90, "the run's writer to wait at epoch 8")
+        stored = len(_http("GET", f"{base}/v1/runs/{run_id}/curves")[1]["points"])
+        assert 0 < stored < 8  # its epochs before 8, less any written in one transaction with epoch 8
+        wait_for(lambda: _points(page, "accuracy", "val") == stored, 30, f"the page to draw {stored} points")
+        assert _status(page) == "running"
+        assert page.locator("[data-role=epochs]").inner_text() == f"epoch {stored} / 15"
 
     seen: list[int] = []
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and _status(page) in ("queued", "running"):
         seen.append(_points(page, "accuracy", "val"))
-        if _status(page) not in ("queued", "running"):
-            break
         time.sleep(0.05)
     seen.append(_points(page, "accuracy", "val"))
-    assert _status(page) == "succeeded", _http("GET", f"{up}/v1/runs/{run_id}")
-    assert seen == sorted(seen), seen  # points only ever arrive
-    assert any(0 < n < 15 for n in seen), f"never saw a partial curve: {sorted(set(seen))}"
+    assert _status(page) == "succeeded", _http("GET", f"{base}/v1/runs/{run_id}")
+    assert seen == sorted(seen) and seen[0] >= stored, seen  # points only ever arrive
     assert seen[-1] == 15
     for chart, series in (("accuracy", "train"), ("loss", "train"), ("loss", "val")):
         assert _points(page, chart, series) == 15
@@ -351,29 +431,40 @@ def test_pbt_page_shows_members_exploits_lineage_and_schedule(up: str, page: Any
     page.goto("about:blank")  # close the run page's stream
 
 
-def test_pbt_page_updates_live_until_finished(up: str, page: Any) -> None:
-    # smaller batches and three rounds of four epochs: seconds, long enough to watch it move (the page polls
-    # once a second; six epochs of the warm worker's fused rounds were sometimes over in less)
-    slower = {**PBT, "name": "live pbt", "epochs": 12, "interval": 4, "base": {**PBT["base"], "batch_size": 8}}
-    pbt_id = _submit_pbt(up, slower)
-    page.goto(f"{up}/pbt/{pbt_id}")
-    page.wait_for_selector("[data-role=epochs]")
-    assert _status(page) in ("queued", "running")
-    assert page.get_by_role("button", name="Cancel population").is_visible()
+def test_pbt_page_updates_live_until_finished(up_pg: tuple[str, str, int], page: Any) -> None:
+    base, database, worker = up_pg
+    live = {**PBT, "name": "live pbt", "epochs": 12, "interval": 4}
+    with contextlib.ExitStack() as held:
+        with _paused(worker):  # the first round waits until its decision is held
+            pbt_id = _submit_pbt(base, live)
+            holder = held.enter_context(_holding(database, HOLD_MEMBERS, pbt_id))
+        page.goto(f"{base}/pbt/{pbt_id}")
+        page.wait_for_selector("[data-role=epochs]")
+        assert _status(page) in ("queued", "running")
+        assert page.get_by_role("button", name="Cancel population").is_visible()
+
+        # the first interval trained, its decision waiting on the held rows: the page shows it half-way
+        def interval_stored() -> bool:
+            members = _http("GET", f"{base}/v1/pbt/{pbt_id}")[1]["members"]
+            return _waiting_on(database, holder) and all(len(m["points"]) == 4 for m in members)
+
+        wait_for(interval_stored, 90, "the first interval, its round waiting")
+        epochs = page.locator("[data-role=epochs]")
+        wait_for(lambda: epochs.inner_text() == "epoch 4 / 12 · round 0 / 3", 30, "the page to show the interval")
+        assert _status(page) == "running"
+        lines = page.locator("[data-chart=members] [data-role=series]")
+        assert [int(lines.nth(k).get_attribute("data-points")) for k in range(4)] == [4, 4, 4, 4]
+        assert page.locator("[data-role=lineage] tbody tr").count() == 0
 
     seen: list[int] = []
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        seen.append(int(page.locator("[data-role=epochs]").inner_text().split()[1]))
-        if _status(page) not in ("queued", "running"):
-            break
+    while time.monotonic() < deadline and _status(page) in ("queued", "running"):
+        seen.append(int(epochs.inner_text().split()[1]))
         time.sleep(0.05)
-    seen.append(int(page.locator("[data-role=epochs]").inner_text().split()[1]))
-    assert _status(page) == "succeeded", _http("GET", f"{up}/v1/pbt/{pbt_id}")
-    assert seen == sorted(seen), seen
-    assert any(0 < n < 12 for n in seen), f"never saw a partial population: {sorted(set(seen))}"
-    assert seen[-1] == 12
-    lineage = _http("GET", f"{up}/v1/pbt/{pbt_id}")[1]["lineage"]
+    seen.append(int(epochs.inner_text().split()[1]))
+    assert _status(page) == "succeeded", _http("GET", f"{base}/v1/pbt/{pbt_id}")
+    assert seen == sorted(seen) and seen[0] >= 4 and seen[-1] == 12, seen
+    lineage = _http("GET", f"{base}/v1/pbt/{pbt_id}")[1]["lineage"]
     assert [e["epoch"] for e in lineage] == [4, 8]
     assert page.locator("[data-role=lineage] tbody tr").count() == 2
     assert page.locator("[data-chart=members] [data-role=marker]").count() == 2
