@@ -1,0 +1,1 @@
+"""An example lrlab plugin: the tiny-transformer model and the motifs dataset (see pyproject.toml's entry points)."""
