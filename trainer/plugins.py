@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -384,3 +385,14 @@ def _arrays(plugin: Plugin, part: str, pair: Any, shape_help: str) -> Arrays:
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise ValueError(f"The dataset {plugin.label}: x{suffix} holds NaN or infinity")
     return (x[:, None] if x.ndim == 1 else x), y.astype(np.int64)
+
+
+def main() -> None:
+    """`python -m trainer.plugins`: the installed plugins' advertisement as JSON on stdout (a prefork worker's
+    parent, which never imports torch, runs this to learn what its children will offer)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.stdout.write(json.dumps(installed().describe()) + "\n")
+
+
+if __name__ == "__main__":
+    main()
