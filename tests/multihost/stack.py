@@ -61,6 +61,24 @@ def private_services() -> Iterator[dict[str, str]]:
             locks.delete(f"lrlab-test-lock:{db}")
 
 
+# Which host wrote each curve point: a trigger reads the writer's application_name (on_host sets its hostname).
+RECORD_WRITES = """
+CREATE TABLE curve_write (run_id text, epoch int, host text, op text, at timestamptz);
+CREATE FUNCTION record_curve_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO curve_write VALUES (NEW.run_id, NEW.epoch, current_setting('application_name'), TG_OP, clock_timestamp());
+  RETURN NEW;
+END $$;
+CREATE TRIGGER curve_write AFTER INSERT OR UPDATE ON curve_point FOR EACH ROW EXECUTE FUNCTION record_curve_write();
+"""
+
+
+def record_writes(pg: str) -> None:
+    """From now on, every insert or update of a curve point is logged in `curve_write` with the writing host."""
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute(RECORD_WRITES)  # type: ignore[arg-type]
+
+
 def on_host(base: Mapping[str, str], cluster: Cluster, host: Host, data_dir: Path) -> dict[str, str]:
     """`base` (an environment pointing at loopback servers) as `host` must see it: the gateway, its own disk."""
     env = {k: v for k, v in base.items() if k != "pg"}

@@ -36,16 +36,6 @@ SETTINGS = {
     "LRLAB_LOG_LEVEL": "INFO",
 }
 
-AUDIT = """
-CREATE TABLE curve_write (run_id text, epoch int, host text, op text, at timestamptz);
-CREATE FUNCTION record_curve_write() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO curve_write VALUES (NEW.run_id, NEW.epoch, current_setting('application_name'), TG_OP, clock_timestamp());
-  RETURN NEW;
-END $$;
-CREATE TRIGGER curve_write AFTER INSERT OR UPDATE ON curve_point FOR EACH ROW EXECUTE FUNCTION record_curve_write();
-"""
-
 
 @dataclass
 class Deployment:
@@ -96,8 +86,7 @@ def deployment(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
         api_host = lab.hosts[0]
         env = {h.hostname: stack.on_host(base_env, lab, h, root / h.hostname / "data") for h in lab.hosts}
         stack.migrate(api_host, env[api_host.hostname])
-        with psycopg.connect(services["pg"], autocommit=True) as conn:
-            conn.execute(AUDIT)
+        stack.record_writes(services["pg"])
         made = api_host.run(
             [*stack.CLI, "keys", "create", "--name", "multihost"],
             env=env[api_host.hostname],
