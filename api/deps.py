@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from lrlab import auth, idempotency, store
+from lrlab import auth, idempotency
 from lrlab.db import get_sessionmaker
 from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Pbt, Run
-from lrlab.runs import quotas
+from lrlab.runs import quotas, store
 from lrlab.schemas.spec import DatasetRef, RunSpec
 from lrlab.settings import Settings, get_settings
 from lrlab.uploads import records

@@ -29,9 +29,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from lrlab import store
 from lrlab.db import session_scope
 from lrlab.models import LOCAL_OWNER, ApiKey, CurvePoint, Run
+from lrlab.runs import store
 from lrlab.schemas.runs import RunStatus
 from lrlab.settings import get_settings
 

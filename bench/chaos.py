@@ -121,7 +121,7 @@ def clean_curve(spec: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     import trainer
-    from lrlab.store import point_row
+    from lrlab.runs.store import point_row
 
     torch.set_num_threads(1)  # as on the workers
     result = trainer.train(trainer.RunConfig.from_spec(spec), device="cpu")
@@ -133,9 +133,9 @@ def report(
 ) -> str:
     from sqlalchemy import func, select
 
-    from lrlab import store
     from lrlab.db import session_scope
     from lrlab.models import CurvePoint, Run
+    from lrlab.runs import store
 
     with session_scope() as s:
         runs = {r.id: r for r in s.scalars(select(Run).where(Run.id.in_(ids)))}
@@ -229,9 +229,10 @@ def main() -> None:
     workers: list[Worker] = []
     logs: list[Path] = []
     try:
-        from lrlab import outbox, store
+        from lrlab import outbox
         from lrlab.db import session_scope
         from lrlab.migrate import upgrade
+        from lrlab.runs import store
         from lrlab.schemas import RunSpec
 
         upgrade()

@@ -78,8 +78,8 @@ def start_api(env: dict[str, str], tree: Path, port: int) -> subprocess.Popen[by
 def write_points(runs: list[str], interval: float, stop: Any, out: Any) -> None:
     """A process of its own: one point per run every `interval` seconds, one commit each (as a worker's writer),
     until `stop`; then puts {(run, epoch): commit time} on `out`."""
-    from lrlab import store
     from lrlab.db import get_engine, session_scope
+    from lrlab.runs import store
 
     get_engine().dispose(close=False)  # forked: the parent's pooled connections are not ours
     committed: dict[tuple[str, int], float] = {}

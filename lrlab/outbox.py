@@ -26,7 +26,7 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from lrlab import queue as broker
+from lrlab import broker
 from lrlab.db import session_scope
 from lrlab.models import LrFinder, Run, utcnow
 from lrlab.runs.fusing import MAX_PACK_MEMBERS

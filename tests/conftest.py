@@ -122,10 +122,10 @@ def service_env(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
 
 
 def _reset() -> None:
-    from lrlab import db, queue
+    from lrlab import broker, db
 
     db.reset_caches()
-    queue.reset_client()
+    broker.reset_client()
 
 
 def start_worker(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:

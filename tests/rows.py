@@ -9,9 +9,10 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import select, update
 
-from lrlab import outbox, store
+from lrlab import outbox
 from lrlab.db import session_scope
 from lrlab.models import CurvePoint, LrFinder, Run, utcnow
+from lrlab.runs import store
 from lrlab.schemas import RunSpec
 
 

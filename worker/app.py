@@ -1,5 +1,5 @@
 """The worker's Celery app: shared config plus the tasks, a heartbeat that says which queues are served, and
-the reconciler (lrlab.leases.reconcile) that requeues runs of dead workers and sends what the broker lost.
+the reconciler (lrlab.runs.reconciler) that requeues runs of dead workers and sends what the broker lost.
 
 Both threads start on worker_ready, which fires in the main process only: with the prefork pool that is the
 parent, which never trains (so never imports torch), and each worker host reconciles once, not per child.
@@ -24,10 +24,10 @@ from celery import signals
 from celery.apps.worker import Worker
 from sqlalchemy import delete
 
-from lrlab import leases
+from lrlab.broker import GPU_QUEUE, make_celery
 from lrlab.db import session_scope
 from lrlab.models import WorkerHeartbeat, utcnow
-from lrlab.queue import GPU_QUEUE, make_celery
+from lrlab.runs import reconciler
 from lrlab.settings import get_settings
 from worker import progress
 
@@ -71,7 +71,7 @@ def _reconcile_loop() -> None:
     interval = get_settings().reconcile_seconds
     while not _stop.is_set():
         try:
-            done = leases.reconcile()
+            done = reconciler.reconcile()
             if done:
                 log.info("reconciled: %s", done)
         except Exception:  # database or broker briefly away: the next pass tries again
@@ -86,23 +86,22 @@ def _warm_up() -> None:
     Importing torch takes seconds on a busy machine; done here, a task claims its run within milliseconds
     of receiving it (a worker killed between receiving a message and claiming the run loses that message
     until the reconciler sends it again, redispatch_seconds). Then what a fresh worker's first grid paid
-    inside its first task (bench/grid.py, docs/benchmarks.md): the tasks' own modules (pydantic schemas,
-    ~0.3 s); the default dataset, digits (scikit-learn's import pulls in scipy.stats, 0.7-2 s); and the
-    population engine's first call of two members or more, whose memory estimate runs a forward on the meta
-    device and so imports torch._dynamo and sympy (1-3 s). Two digits members for one epoch do the last two
-    (~30 ms once imported). What stays in a first task is ~10 ms (SQL compilation); mnist1d (~1 s to
-    generate) and users' files load on first use.
+    inside its first task: the tasks' own modules (pydantic schemas); the default dataset, digits
+    (scikit-learn's import pulls in scipy.stats); and the population engine's first call of two members or
+    more, whose memory estimate runs a forward on the meta device and so imports torch._dynamo and sympy. Two
+    digits members for one epoch do the last two. What stays in a first task is SQL compilation; mnist1d and
+    users' files load on first use. What each of these costs, measured: docs/benchmarks.md (bench/grid.py).
     """
     import trainer.loop  # noqa: F401  (torch)
-    import worker.execute  # noqa: F401
-    import worker.find_lr  # noqa: F401
     import worker.pack  # noqa: F401
     import worker.pbt  # noqa: F401
+    import worker.run  # noqa: F401
+    import worker.sweep  # noqa: F401
     from trainer import RunConfig
     from trainer.population import train_population
-    from worker.execute import _set_threads
+    from worker.steps import set_threads
 
-    _set_threads()  # as every task does first: torch's default would start an OpenMP thread per core
+    set_threads()  # as every task does first: torch's default would start an OpenMP thread per core
     try:
         train_population([RunConfig.from_spec({"dataset": "digits", "epochs": 1})] * 2, device="cpu")
     except Exception:  # the first run will pay for it (and report a real problem properly)

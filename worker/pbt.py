@@ -3,9 +3,9 @@
 Either way a member starts from its checkpoint in the checkpoint store (with the weights and optimizer state
 of the member it copied, if the last round replaced it, and its new hyperparameters), trains to the next
 round boundary under its own run's lease, writes its checkpoint there, and reports through
-lrlab.pbt.rounds.reach, whose last caller decides the round. A worker that dies mid-interval leaves a lease
-that lapses: the reconciler queues the member again and it trains the interval again from the same
-checkpoint (its points past the boundary were dropped by the claim), alone if need be.
+lrlab.pbt.rounds.reach, whose last caller decides the round and sends it (lrlab.outbox). A worker that dies
+mid-interval leaves a lease that lapses: the reconciler queues the member again and it trains the interval again
+from the same checkpoint (its points past the boundary were dropped by the claim), alone if need be.
 """
 
 from __future__ import annotations
@@ -15,20 +15,21 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 import trainer
-from lrlab import leases
+from lrlab import outbox
 from lrlab.db import session_scope
 from lrlab.models import Pbt, PbtMember, Run, new_id
 from lrlab.pbt import rounds
 from lrlab.pbt.checkpoints import CheckpointStore, get_checkpoint_store, member_key
+from lrlab.runs import leases
 from lrlab.schemas import RunStatus
 from lrlab.schemas.pbt import PbtCreate
 from lrlab.settings import get_settings
-from worker.datasets import materialize
-from worker.execute import _record, _set_threads, handed_back, outcome
-from worker.progress import ProgressWriter, close_writer
+from worker import steps
+from worker.progress import close_writer
+from worker.uploads import materialize
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ class _Place:
         self.member, self.epoch, self.weights_from = member.member, member.epoch, member.weights_from
         self.hyperparameters = dict(member.hyperparameters)
         self.reached = member.epoch
-        settings = get_settings()
-        self.writer = ProgressWriter(
-            claim.run_id,
-            lease_token=claim.token,
-            lease_seconds=settings.lease_seconds,
-            flush_seconds=settings.progress_flush_seconds,
-        )
+        self.writer = steps.writer(claim)
 
     def config(self) -> trainer.RunConfig:
         spec = self.request.member_spec(self.member, self.hyperparameters).to_json()
@@ -84,7 +79,7 @@ def _places(pbt_id: str, claims: list[leases.Claim]) -> tuple[Pbt, list[_Place]]
         pbt = session.get(Pbt, pbt_id)
         assert pbt is not None
         session.expunge(pbt)
-        request = PbtCreate.model_validate(pbt.spec)
+        request = rounds.request_of(pbt)
         by_run = {m.run_id: m for m in session.scalars(select(PbtMember).where(PbtMember.pbt_id == pbt_id))}
         places = []
         for claim in claims:
@@ -98,12 +93,12 @@ def _places(pbt_id: str, claims: list[leases.Claim]) -> tuple[Pbt, list[_Place]]
 def train_member(claim: leases.Claim) -> None:
     """One member's interval on its own (execution distributed, or a member the reconciler sent alone)."""
     assert claim.pbt_id is not None
-    _set_threads()
+    steps.set_threads()
     store = get_checkpoint_store()
     pbt, (place,) = _places(claim.pbt_id, [claim])
     try:
         device = trainer.resolve_device(claim.spec.get("device", "auto"))
-        _set_device([claim.run_id], device, None)
+        steps.set_device([claim.run_id], device, None)
         result = trainer.train(
             place.config(),
             device=device,
@@ -120,7 +115,7 @@ def train_member(claim: leases.Claim) -> None:
     _finish(place, result)
 
 
-def execute_round(pbt_id: str, worker: str) -> None:
+def train_round(pbt_id: str, worker: str) -> None:
     """A fused population's round: every queued member claimed here and trained as one stacked pack."""
     from trainer.population import train_population
 
@@ -131,17 +126,17 @@ def execute_round(pbt_id: str, worker: str) -> None:
                 select(Run.id).where(Run.pbt_id == pbt_id, Run.status == RunStatus.queued.value).order_by(Run.id)
             )
         )
-    claims = [c for r in ids if (c := leases.claim_run(r, worker, lease_seconds=settings.lease_seconds))]
+    claims = steps.claim_queued(ids, worker)
     if not claims:
         log.info("population %s: no member is queued; nothing to train", pbt_id)
         return
-    _set_threads()
+    steps.set_threads()
     store = get_checkpoint_store()
     pbt, places = _places(pbt_id, claims)
     places.sort(key=lambda p: p.member)
     try:
         device = trainer.resolve_device(claims[0].spec.get("device", "auto"))
-        _set_device([p.claim.run_id for p in places], device, new_id())
+        steps.set_device([p.claim.run_id for p in places], device, new_id())
         log.info("population %s: %d members fused on %s to epoch %d", pbt_id, len(places), device, places[0].boundary)
         results = train_population(
             [p.config() for p in places],
@@ -160,18 +155,12 @@ def execute_round(pbt_id: str, worker: str) -> None:
         _finish(place, result)
 
 
-def _set_device(run_ids: list[str], device: Any, pack_id: str | None) -> None:
-    with session_scope() as session:
-        session.execute(update(Run).where(Run.id.in_(run_ids)).values(device=str(device), pack_id=pack_id))
-
-
 def _fail(places: list[_Place], exc: Exception) -> None:
     log.exception("population member(s) failed: %s", ", ".join(p.claim.run_id for p in places))
-    error = f"{type(exc).__name__}: {exc}"[:4000]
     for place in places:
         close_writer(place.writer)
         if not place.writer.lost.is_set():
-            _record(place.claim.run_id, place.claim.token, lambda: {"status": RunStatus.failed.value, "error": error})
+            steps.record_failure(place.claim.run_id, place.claim.token, exc)
             rounds.end_member(place.claim.run_id)
             rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
 
@@ -181,18 +170,18 @@ def _finish(place: _Place, result: trainer.TrainResult) -> None:
     if not close_writer(place.writer) or place.writer.lost.is_set():
         log.warning("member run %s: progress not ours any more; its lease decides", run_id)
         return
-    if place.reached < place.boundary and handed_back(run_id, token, place.writer, result):
+    if place.reached < place.boundary and steps.handed_back(run_id, token, place.writer, result):
         return
     if place.reached < place.boundary:  # stopped on request before its boundary: cancelled
-        _record(run_id, token, functools.partial(outcome, run_id, result))
+        steps.record_run(run_id, token, functools.partial(steps.outcome, run_id, result))
         rounds.end_member(run_id)
         rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
         return
     last = place.boundary >= place.request.epochs
-    recorded, next_round = rounds.reach(run_id, token, place.boundary, outcome(run_id, result) if last else None)
+    recorded, next_round = rounds.reach(run_id, token, place.boundary, steps.outcome(run_id, result) if last else None)
     if not recorded:
         log.warning("member run %s: lease lost before its interval was recorded", run_id)
         return
-    rounds.dispatch(next_round)
+    outbox.send(next_round)  # the round this member's arrival decided, if it did
     if last:  # the last member to end its last epoch finishes the population
         rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())

@@ -9,13 +9,14 @@ GIL hand-offs it causes, cost the training thread ~20%; see docs/benchmarks.md).
 With a lease token, every transaction (idle ones every `poll_seconds` included) opens by renewing the
 run's lease where the row still carries that token. If it does not (the lease expired and the run was
 requeued, perhaps already claimed by another worker) the transaction writes nothing, `lost` is set and
-every later write is dropped: the run belongs to someone else now. The writer also gives the run up
-(`lost`) when the database stays away longer than `retry_seconds`; the lease then lapses and the run is
-requeued and resumed from its checkpoint, rather than failed.
+every later write is dropped: the run belongs to someone else now. A write that meets a database outage is
+retried (worker/retry.py, the worker's one policy); the writer gives the run up (`lost`) when the database
+stays away longer than `retry_seconds`: the lease then lapses and the run is requeued and resumed from its
+checkpoint, rather than failed.
 
 When the worker shuts down (`shutting_down`, set on Celery's warm shutdown), a run is handed back rather than
 left to its lease: the trainer stops at the end of its epoch with a checkpoint of that epoch (`shutdown_due`)
-and the task releases the run (lrlab.leases.release_run), queued again at once. A writer whose trainer has
+and the task releases the run (lrlab.runs.leases.release_run), queued again at once. A writer whose trainer has
 not reached the end of its epoch `HAND_BACK_SECONDS` later is released where it stands by `hand_back_held`
 (its epochs since the last checkpoint are trained again by the next worker, each stored once).
 """
@@ -32,10 +33,11 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from lrlab import leases
 from lrlab.db import get_engine
-from lrlab.leases import renew_lease
-from lrlab.store import cancel_requested, upsert_points
+from lrlab.runs import leases
+from lrlab.runs.leases import renew_lease
+from lrlab.runs.store import cancel_requested, upsert_points
+from worker.retry import through_outages
 
 log = logging.getLogger(__name__)
 
@@ -172,45 +174,42 @@ class ProgressWriter:
         self._drop_connection()
 
     def _write(self, items: list[Any]) -> None:
-        deadline = time.monotonic() + self._retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = get_engine().connect()
-                with self._conn.begin():
-                    if self._token is not None:
-                        # first, so the row lock orders us against a reconciler requeueing the run
-                        held, cancel = renew_lease(self._conn, self.run_id, self._token, self._lease_seconds)
-                        if not held:
-                            raise _LeaseLost
-                    else:
-                        cancel = cancel_requested(self._conn, self.run_id)
-                    upsert_points(self._conn, self.run_id, [p for kind, p in items if kind == "point"])
-                    for kind, action in items:
-                        if kind == "action":
-                            action(self._conn)
-                    if cancel:
-                        self.cancel_requested.set()
-                self._last_write = time.monotonic()
-                return
-            except _LeaseLost:  # rolled back: nothing of this transaction was written
-                self._give_up("lease lost (the run was requeued or another worker holds it)")
-                return
-            except OperationalError as exc:  # the database is briefly away: the writes are idempotent, retry
-                self._drop_connection()
-                if time.monotonic() > deadline:
-                    if self._token is not None:
-                        self._give_up(f"database unreachable for {self._retry_seconds:.0f}s ({exc})")
-                    else:
-                        self._error = exc
-                    return
-                log.warning("progress write for run %s failed, retrying in %.1fs: %s", self.run_id, delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except BaseException as exc:
+        try:
+            for attempt in through_outages(
+                f"progress write for run {self.run_id}", self._retry_seconds, before_retry=self._drop_connection
+            ):
+                with attempt:
+                    self._write_once(items)
+        except _LeaseLost:  # rolled back: nothing of this transaction was written
+            self._give_up("lease lost (the run was requeued or another worker holds it)")
+        except OperationalError as exc:  # the database stayed away: the writes are idempotent, but we stop here
+            self._drop_connection()
+            if self._token is not None:
+                self._give_up(f"database unreachable for {self._retry_seconds:.0f}s ({exc})")
+            else:
                 self._error = exc
-                return
+        except BaseException as exc:
+            self._error = exc
+
+    def _write_once(self, items: list[Any]) -> None:
+        """One transaction: renew the lease (or read the cancel flag), upsert the points, run the actions."""
+        if self._conn is None:
+            self._conn = get_engine().connect()
+        with self._conn.begin():
+            if self._token is not None:
+                # first, so the row lock orders us against a reconciler requeueing the run
+                held, cancel = renew_lease(self._conn, self.run_id, self._token, self._lease_seconds)
+                if not held:
+                    raise _LeaseLost
+            else:
+                cancel = cancel_requested(self._conn, self.run_id)
+            upsert_points(self._conn, self.run_id, [p for kind, p in items if kind == "point"])
+            for kind, action in items:
+                if kind == "action":
+                    action(self._conn)
+            if cancel:
+                self.cancel_requested.set()
+        self._last_write = time.monotonic()
 
 
 def hand_back_held() -> list[str]:

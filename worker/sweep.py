@@ -1,26 +1,27 @@
-"""One lr range test on a worker: claim the job under a lease, sweep, store the points and the suggestion.
+"""One lr range test on a worker, its job claimed under a lease: sweep, store the points and the suggestion.
 
 As a run: the claim counts an attempt and takes a lease, which a thread renews while the sweep runs (and
 through which a cancel request arrives: the sweep stops within STOP_POLL_EVERY steps). The result is written
 only with the lease's token, so a worker presumed dead that comes back cannot overwrite the outcome of the
-attempt that replaced it. A worker that dies, or a result that can't be written, leaves the lease to lapse:
-the reconciler requeues the job, and fails it after MAX_ATTEMPTS claims (lrlab.leases).
+attempt that replaced it. A worker that dies, or a result it cannot write through a database outage, leaves the
+lease to lapse: the reconciler requeues the job, and fails it after MAX_ATTEMPTS claims (lrlab.runs.reconciler).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import asdict
 from typing import Any
 
 import trainer
-from lrlab import leases
+from lrlab.runs import leases
 from lrlab.schemas import RunStatus
 from lrlab.schemas.experiments import LrFinderCreate
 from lrlab.settings import get_settings
-from worker.datasets import materialize
-from worker.execute import _retrying
+from worker import steps
+from worker.uploads import materialize
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,9 @@ class _Lease(threading.Thread):
         self.join()
 
 
-def execute_lr_finder(job_id: str, worker: str) -> None:
-    settings = get_settings()
-    claim = leases.claim_lr_finder(job_id, worker, lease_seconds=settings.lease_seconds)
-    if claim is None:
-        log.info("lr-finder job %s is not queued any more; skipping", job_id)
-        return
+def sweep(claim: leases.JobClaim) -> None:
+    """Run the lr range test this worker claimed (tasks.find_lr) and record what it found, or why it failed."""
+    settings, job_id = get_settings(), claim.job_id
     lease = _Lease(claim, settings.lease_seconds)
     lease.start()
     values: dict[str, Any]
@@ -82,7 +80,7 @@ def execute_lr_finder(job_id: str, worker: str) -> None:
         )
     except Exception as exc:
         log.exception("lr-finder job %s failed", job_id)
-        values = {"status": RunStatus.failed.value, "error": f"{type(exc).__name__}: {exc}"[:4000]}
+        values = steps.failure(exc)
     else:
         values = {"status": RunStatus.succeeded.value, "result": asdict(result)}
     finally:
@@ -95,20 +93,6 @@ def execute_lr_finder(job_id: str, worker: str) -> None:
 
 
 def record(claim: leases.JobClaim, values: dict[str, Any]) -> bool:
-    """Write the outcome; one that can't be written (not a database outage) ends the job `failed` with why.
-
-    Through an outage the write is retried for a while, then left to the lease (requeued, at most
-    MAX_ATTEMPTS times in all). A write that fails for what it holds would fail on every attempt: the
-    job ends failed now, saying so.
-    """
-    what = f"recording the outcome of lr-finder job {claim.job_id}"
-    try:
-        recorded = _retrying(what, lambda: leases.finish_lr_finder(claim.job_id, claim.token, **values))
-    except Exception as exc:
-        log.exception("lr-finder job %s: its outcome could not be recorded", claim.job_id)
-        error = f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:4000]
-        failed = {"status": RunStatus.failed.value, "error": error}
-        recorded = _retrying(what, lambda: leases.finish_lr_finder(claim.job_id, claim.token, **failed))
-    if recorded is False:
-        log.warning("lr-finder job %s was requeued meanwhile; its result here is dropped", claim.job_id)
-    return bool(recorded)
+    """Write the outcome while the lease is ours (steps.record: through an outage; failed if it can't be stored)."""
+    finish = functools.partial(leases.finish_lr_finder, claim.job_id, claim.token)
+    return steps.record(f"lr-finder job {claim.job_id}", finish, lambda: values)

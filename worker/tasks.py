@@ -1,12 +1,15 @@
-"""Tasks: ids in, the real work in worker.execute (and below it trainer/ and lrlab/)."""
+"""Tasks, thin as views: an id in, the claim, then the path that trains it (run.py, pack.py, pbt.py, sweep.py);
+the real work is in trainer/ and lrlab/."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
+from lrlab.broker import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
 from lrlab.logs import run_context
-from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
 from worker import progress
 from worker.app import app
 
@@ -30,38 +33,52 @@ def _not_while_shutting_down() -> None:
         raise Reject("the worker is shutting down", requeue=True)
 
 
+def _worker(task: Any) -> str:
+    return str(task.request.hostname or "worker")
+
+
+# The paths are imported inside the tasks, not at the top: the prefork parent must never initialise torch.
+
+
 @app.task(name=TRAIN_RUN, **TASK_OPTIONS)
 def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
-    # Imported here, not at module top: the prefork parent must never initialise torch (fork-unsafe).
-    from worker.execute import execute_run
+    from worker import pbt, run, steps
 
     with run_context(run_id):
-        execute_run(run_id, worker=self.request.hostname or "worker")
+        claim = steps.claim(run_id, _worker(self))
+        if claim is None:
+            return
+        if claim.pbt_id is not None:  # a population member: one interval, then the population decides
+            pbt.train_member(claim)
+        else:
+            run.train(claim)
 
 
 @app.task(name=FIND_LR, **TASK_OPTIONS)
 def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
-    from worker.find_lr import execute_lr_finder
+    from worker import steps, sweep
 
     with run_context(job_id):
-        execute_lr_finder(job_id, worker=self.request.hostname or "worker")
+        claim = steps.claim_job(job_id, _worker(self))
+        if claim is not None:
+            sweep.sweep(claim)
 
 
 @app.task(name=TRAIN_PACK, **TASK_OPTIONS)
 def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
-    from worker.pack import execute_pack
+    from worker import pack
 
     with run_context(",".join(run_ids)):  # a pack's lines are about all of its runs
-        execute_pack(run_ids, worker=self.request.hostname or "worker")
+        pack.train_pack(run_ids, _worker(self))  # claims what it can fuse, sends the rest on
 
 
 @app.task(name=TRAIN_PBT, **TASK_OPTIONS)
 def train_pbt(self, pbt_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
-    from worker.pbt import execute_round
+    from worker import pbt
 
     with run_context(pbt_id):
-        execute_round(pbt_id, worker=self.request.hostname or "worker")
+        pbt.train_round(pbt_id, _worker(self))  # claims every queued member

@@ -11,19 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import OperationalError
 
-from lrlab.blobs import get_blob_store
-from lrlab.datasets import DEFAULT_IMAGE_SIZE, Limits, cache_name, extract_images, read_csv
 from lrlab.db import session_scope
 from lrlab.models import Dataset
 from lrlab.settings import Settings, get_settings
+from lrlab.uploads.blobs import get_blob_store
+from lrlab.uploads.validation import DEFAULT_IMAGE_SIZE, Limits, cache_name, extract_images, read_csv
+from worker.retry import through_outages
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,14 @@ def materialize(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lookup(dataset_id: str) -> tuple[str, str, str] | None:
-    """(kind, sha256, label_column), retried through a short database outage: it is not the run's fault."""
-    for delay in (0.5, 1.0, 2.0, 4.0, None):
-        try:
-            with session_scope() as session:
-                row = session.get(Dataset, dataset_id)
-                return None if row is None else (row.kind, row.sha256, row.label_column)
-        except OperationalError:
-            if delay is None:
-                raise
-            log.warning("looking up dataset %s failed; retrying in %.1fs", dataset_id, delay)
-            time.sleep(delay)
-    return None
+    """(kind, sha256, label_column), through a database outage (it is not the run's fault)."""
+
+    def read() -> tuple[str, str, str] | None:
+        with session_scope() as session:
+            row = session.get(Dataset, dataset_id)
+            return None if row is None else (row.kind, row.sha256, row.label_column)
+
+    return through_outages(f"looking up dataset {dataset_id}")(read)
 
 
 def ensure_cached(kind: str, sha256: str, label_column: str, *, settings: Settings) -> str:

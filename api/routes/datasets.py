@@ -15,13 +15,12 @@ from starlette.requests import ClientDisconnect
 from api.deps import CursorDep, DatasetDep, OwnerDep, SessionDep, SettingsDep
 from api.errors import ApiError
 from api.multipart import FILE, StreamedForm, receive
-from lrlab import datasets
-from lrlab.blobs import get_blob_store
 from lrlab.models import Dataset
+from lrlab.runs.store import page
 from lrlab.schemas.datasets import DatasetPublic, DatasetsPublic
 from lrlab.settings import Settings
-from lrlab.store import page
-from lrlab.uploads import records
+from lrlab.uploads import records, validation
+from lrlab.uploads.blobs import get_blob_store
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -67,7 +66,7 @@ UPLOAD_FORM = {
 def _store(session: Session, settings: Settings, owner: str, form: StreamedForm, staged: Path) -> tuple[Dataset, bool]:
     """Everything after the bytes are on disk: dedupe, quota, validation, then one transaction."""
     assert form.filename is not None
-    kind = datasets.kind_of(form.filename)
+    kind = validation.kind_of(form.filename)
     if kind is None:
         raise ApiError(
             422, ["body", "file"], f"unsupported file {form.filename!r}: upload a .npz, .csv, .zip or .tar.gz"
@@ -77,7 +76,7 @@ def _store(session: Session, settings: Settings, owner: str, form: StreamedForm,
         raise ApiError(422, ["body", "label_column"], "label_column applies to CSV uploads only")
     if kind == "csv":
         label_column = label_column or "label"
-    name = form.text("name") or datasets.default_name(form.filename)
+    name = form.text("name") or validation.default_name(form.filename)
     sha256 = form.sha256.hexdigest()
     if (existing := records.find(session, owner, sha256, label_column or "")) is not None:
         return existing, False
@@ -95,8 +94,8 @@ def _store(session: Session, settings: Settings, owner: str, form: StreamedForm,
         error.headers["Retry-After"] = "3600"
         raise error
     try:
-        found = datasets.inspect(staged, kind, datasets.Limits.from_settings(settings), label_column or "label")
-    except datasets.InvalidDataset as exc:
+        found = validation.inspect(staged, kind, validation.Limits.from_settings(settings), label_column or "label")
+    except validation.InvalidDataset as exc:
         raise ApiError(
             exc.status, list(exc.loc), str(exc), "too_large" if exc.status == 413 else "value_error"
         ) from exc

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from api.deps import CursorDep, ExperimentDep, IdempotentDep, OwnerDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from lrlab import outbox, queue, store
+from lrlab import broker, outbox
 from lrlab.models import Experiment
-from lrlab.runs import experiments
+from lrlab.runs import experiments, store
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentPublic, ExperimentsPublic
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
@@ -44,7 +44,7 @@ def create_experiment(
     except experiments.CellError as exc:
         raise ApiError(422, ["body", "grid", "cell", exc.index], str(exc)) from exc
     quota.check_runs([c.spec for c in cells], at=("body", "base"))
-    queue.ensure_broker()
+    broker.ensure_broker()
     experiment, runs = experiments.create_experiment(session, request, cells, owner=owner)
     messages = outbox.experiment(session, experiment.execution, runs)
     created = ExperimentCreated(id=experiment.id, runs=[r.id for r in runs])

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SessionDep
-from lrlab import queue
+from lrlab import broker
 
 router = APIRouter(tags=["health"])
 
@@ -26,8 +26,8 @@ def readyz(session: SessionDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     try:
-        with queue.client().connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=queue.client().conf.broker_connection_timeout)
+        with broker.client().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=broker.client().conf.broker_connection_timeout)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unavailable: {type(exc).__name__}"

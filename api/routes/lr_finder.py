@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from api.deps import CursorDep, IdempotentDep, LrFinderDep, OwnerDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from lrlab import outbox, queue, store
+from lrlab import broker, outbox
 from lrlab.models import LrFinder
 from lrlab.reports.charts import render_lr_finder_chart
-from lrlab.runs import sweeps
+from lrlab.runs import store, sweeps
 from lrlab.schemas.experiments import LrFinderCreate, LrFinderPublic, LrFindersPublic
 from lrlab.schemas.runs import RunStatus
 
@@ -43,7 +43,7 @@ def create_lr_finder(
     if (replayed := idem.replay(session)) is not None:
         return replayed
     quota.check_job(request.dataset)
-    queue.ensure_broker()
+    broker.ensure_broker()
     job = sweeps.create_job(session, request, owner=owner)
     messages = outbox.lr_finders(session, [job])
     location = f"/v1/lr-finder/{job.id}"

@@ -10,11 +10,12 @@ from sqlalchemy import select
 
 from api.deps import CursorDep, IdempotentDep, OwnerDep, PbtDep, QuotaDep, SessionDep
 from api.errors import ApiError
-from lrlab import outbox, queue, store
+from lrlab import broker, outbox
 from lrlab.models import Pbt
 from lrlab.pbt import rounds, views
 from lrlab.pbt.checkpoints import get_checkpoint_store
 from lrlab.reports.charts import CHART_METRICS, Series, render_pbt_chart
+from lrlab.runs import store
 from lrlab.runs.fusing import NotFusable
 from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
 
@@ -48,10 +49,10 @@ def create_pbt(
         return replayed
     specs = [request.member_spec(k, {}) for k in range(request.population)]
     quota.check_runs(specs, at=("body", "base"))
-    queue.ensure_broker()
+    broker.ensure_broker()
     try:
         pbt, runs, messages = rounds.create(
-            session, request, owner=owner, queue=queue.choose_queue(session, request.base.device)
+            session, request, owner=owner, queue=broker.choose_queue(session, request.base.device)
         )
     except NotFusable as exc:
         raise ApiError(422, ["body", "execution"], str(exc)) from exc

@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.deps import CursorDep, IdempotentDep, OwnerDep, QuotaDep, RunDep, SessionDep
 from api.errors import ApiError
-from lrlab import analysis, outbox, queue, store
+from lrlab import broker, outbox
 from lrlab.models import Pbt
 from lrlab.pbt import rounds
 from lrlab.pbt.checkpoints import get_checkpoint_store
+from lrlab.reports import analysis
+from lrlab.runs import store
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -39,8 +41,8 @@ def create_run(
     if (replayed := idem.replay(session)) is not None:
         return replayed
     quota.check_runs([spec])
-    queue.ensure_broker()
-    run = store.create_run(session, spec, queue.choose_queue(session, spec.device), owner=owner)
+    broker.ensure_broker()
+    run = store.create_run(session, spec, broker.choose_queue(session, spec.device), owner=owner)
     messages = outbox.runs(session, [run])
     created = RunCreated(id=run.id, status=RunStatus.queued)
     location = f"/v1/runs/{run.id}"

@@ -22,12 +22,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from lrlab import outbox, store
+from lrlab import outbox
 from lrlab.db import session_scope
 from lrlab.models import CurvePoint, Pbt, PbtEvent, PbtMember, Run, utcnow
 from lrlab.outbox import Message
 from lrlab.pbt import search
 from lrlab.pbt.checkpoints import CheckpointStore, member_key, pbt_prefix
+from lrlab.runs import store
 from lrlab.runs.fusing import population_execution
 from lrlab.schemas.pbt import PbtCreate
 from lrlab.schemas.runs import RunStatus
@@ -113,11 +114,6 @@ def create(session: Session, request: PbtCreate, *, owner: str, queue: str) -> t
 
 
 # --- rounds ------------------------------------------------------------------------------------------
-
-
-def dispatch(messages: list[Message]) -> None:
-    """Send what `reach` queued (outbox.send); never raises."""
-    outbox.send(messages)
 
 
 def _lock(session: Session, pbt_id: str) -> Pbt:

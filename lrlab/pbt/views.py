@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lrlab import store
 from lrlab.models import Pbt, PbtEvent, PbtMember, Run
 from lrlab.pbt import search
 from lrlab.pbt.rounds import request_of, scores
+from lrlab.runs import store
 from lrlab.schemas.pbt import (
     DiscoveredSchedule,
     FollowedEpoch,

@@ -8,12 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lrlab import analysis
 from lrlab.models import CurvePoint, Run
-from lrlab.reports import charts
+from lrlab.reports import analysis, charts
+from lrlab.runs.store import point_public
 from lrlab.schemas.compare import CompareRun, Comparison
 from lrlab.schemas.spec import RunSpec
-from lrlab.store import point_public
 
 
 def points_by_run(session: Session, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

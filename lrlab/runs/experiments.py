@@ -11,9 +11,9 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lrlab import store
+from lrlab.broker import choose_queue
 from lrlab.models import Experiment, Run, utcnow
-from lrlab.queue import choose_queue
+from lrlab.runs import store
 from lrlab.runs.fusing import experiment_execution
 from lrlab.schemas.experiments import ExperimentCreate, ExperimentPublic, MemberRun
 from lrlab.schemas.runs import RunStatus

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from lrlab.queue import has_live_gpu_worker
+from lrlab.broker import has_live_gpu_worker
 from lrlab.schemas.spec import RunSpec
 
 FUSABLE_MODELS = frozenset({"mlp", "cnn", "resnet"})

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing twice: claiming a run under a lease, checkpoints, dispatch (the outbox) and the reconciler.
+"""Nothing lost, nothing twice: claiming a run under a lease, renewing it, recording its outcome, checkpoints.
 
 A run row is the truth; broker messages are only hints that a run may be ready. So:
 
@@ -7,12 +7,9 @@ A run row is the truth; broker messages are only hints that a run may be ready. 
   (conditioned on the token) by the worker's progress writer in the same transaction as it writes points.
 - Outcome: recorded only where the row still carries the worker's token, so a worker whose lease lapsed
   (and whose run was requeued and claimed by another) can never record a second outcome.
-- Messages go through lrlab.outbox: `dispatched_at` stamped in the transaction that queues the work, the
-  message sent after its commit; a send that fails clears the stamp.
-- Reconciler (every worker, every `reconcile_seconds`), the outbox's other half: requeues runs whose lease
-  expired, sends what carries no stamp, and sends again what has waited longer than `redispatch_seconds`
-  (a lost message).
-  Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row twice.
+- Hand-back: a worker shutting down releases its run, queued again at once without its message (`release_run`).
+- Messages go through lrlab.outbox; a lease that lapses is the reconciler's (lrlab.runs.reconciler), which
+  requeues the run, or ends it.
 - Bounded: every claim counts an attempt; a lease that lapses on the MAX_ATTEMPTS-th attempt ends the run
   `failed`, so a message that kills its worker (or can never record its outcome) does not loop.
 
@@ -25,30 +22,23 @@ Lease times come from the clocks of the hosts (keep them NTP-synced; skew must s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from celery import Celery
 from sqlalchemy import (
     Connection,
     LargeBinary,
-    and_,
     bindparam,
     case,
     delete,
-    exists,
     func,
-    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.orm import Session
 
-from lrlab import outbox
-from lrlab import queue as broker
 from lrlab.db import session_scope
 from lrlab.models import (
     Checkpoint,
@@ -57,23 +47,16 @@ from lrlab.models import (
     PbtMember,
     Run,
     UTCDateTime,
-    WorkerHeartbeat,
     new_id,
     utcnow,
 )
-from lrlab.outbox import Message
 from lrlab.schemas import RunStatus
-from lrlab.settings import Settings, get_settings
+from lrlab.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 # A run whose worker vanished this many times is failed, not requeued again: it is what kills its workers.
 MAX_ATTEMPTS = 5
-# Work is stamped when it is queued, so a queued row without a stamp was handed back or its send failed. One
-# younger than this is left alone: it was just written outside the outbox by someone who claims it (tests do).
-OUTBOX_GRACE_SECONDS = 2.0
-# Rows one reconciler pass takes per kind; the next pass takes the rest.
-BATCH = 200
 
 QUEUED, RUNNING = RunStatus.queued.value, RunStatus.running.value
 
@@ -269,183 +252,3 @@ UPSERT_CHECKPOINT = text(
 def save_checkpoint(conn: Connection | Session, run_id: str, epoch: int, data: bytes) -> None:
     """Keep only the newest checkpoint of a run (one row per run)."""
     conn.execute(UPSERT_CHECKPOINT, {"run_id": run_id, "epoch": epoch, "data": data, "created_at": utcnow()})
-
-
-# --- sending ---------------------------------------------------------------------------------------
-
-
-def dispatch_runs(targets: Iterable[tuple[str, str]], *, app: Celery | None = None) -> int:
-    """Queue each (run id, queue) through the outbox now: stamp, commit, send. Returns how many were sent."""
-    with session_scope() as session:
-        messages = outbox.runs(session, [outbox.Target(run_id, queue) for run_id, queue in targets])
-    return len(outbox.send(messages, app=app))
-
-
-# --- the reconciler -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Reconciled:
-    """What one pass did (ids), for logs and tests."""
-
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-    dispatched: list[str] = field(default_factory=list)
-    lr_finders_requeued: list[str] = field(default_factory=list)
-    lr_finders_failed: list[str] = field(default_factory=list)
-    lr_finders_cancelled: list[str] = field(default_factory=list)
-    lr_finders_dispatched: list[str] = field(default_factory=list)
-    checkpoints_dropped: int = 0
-
-    PARTS = (
-        "requeued",
-        "failed",
-        "cancelled",
-        "dispatched",
-        "lr_finders_requeued",
-        "lr_finders_failed",
-        "lr_finders_cancelled",
-        "lr_finders_dispatched",
-    )
-
-    def __bool__(self) -> bool:
-        return bool(str(self))
-
-    def __str__(self) -> str:
-        """The non-empty parts, e.g. `requeued 1 (3f2a...), dispatched 1`."""
-        parts = []
-        for name in self.PARTS:
-            ids: list[str] = getattr(self, name)
-            if ids:
-                shown = "" if name.endswith("dispatched") else f" ({', '.join(ids)})"
-                parts.append(f"{name.replace('_', ' ')} {len(ids)}{shown}")
-        if self.checkpoints_dropped:
-            parts.append(f"checkpoints dropped {self.checkpoints_dropped}")
-        return ", ".join(parts)
-
-
-def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[Message]:
-    """running with an expired lease -> queued, or failed/cancelled when that is the right end.
-
-    Returns the requeued runs' messages, stamped here, to send once this transaction has committed: a worker
-    receiving one earlier would find the run still running (its claim does not wait for our row lock: the row
-    it sees does not match `status = queued`) and drop it, leaving the run to the redispatch timeout.
-    """
-    rows = session.scalars(
-        select(Run)
-        .where(Run.status == RUNNING, Run.lease_expires_at < now)
-        .order_by(Run.lease_expires_at)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
-    ).all()
-    requeued = []
-    for run in rows:
-        run.lease_token, run.lease_expires_at = None, None
-        if run.cancel_requested:  # its worker died while stopping it: stopped is what was asked for
-            run.status, run.finished_at = RunStatus.cancelled.value, now
-            out.cancelled.append(run.id)
-        elif run.attempts >= MAX_ATTEMPTS:
-            run.status, run.finished_at = RunStatus.failed.value, now
-            run.error = f"its worker was lost {run.attempts} times (last: {run.worker}); not retried again"
-            out.failed.append(run.id)
-        else:
-            run.status = QUEUED
-            requeued.append(run)
-            out.requeued.append(run.id)
-    if requeued:
-        log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
-    if out.failed or out.cancelled:
-        session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(out.failed + out.cancelled)))
-    return outbox.runs(session, requeued)
-
-
-def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds: float) -> Any:
-    """Queued and never sent (or its send failed, or it was handed back), or sent too long ago (lost message)."""
-    return and_(
-        model.status == QUEUED,
-        or_(
-            and_(model.dispatched_at.is_(None), model.created_at < now - timedelta(seconds=OUTBOX_GRACE_SECONDS)),
-            model.dispatched_at < now - timedelta(seconds=redispatch_seconds),
-        ),
-    )
-
-
-def _resend_runs(session: Session, settings: Settings, now: datetime) -> list[Message]:
-    rows = session.scalars(
-        select(Run)
-        .where(_unsent(Run, now, settings.redispatch_seconds))
-        .order_by(Run.created_at)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
-    ).all()
-    return outbox.runs(session, rows)
-
-
-def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, out: Reconciled) -> list[Message]:
-    """Expired leases as for runs (requeued, or cancelled, or failed at MAX_ATTEMPTS), then the unsent ones."""
-    # A job claimed before jobs had leases (migration 0009) has none: its worker's heartbeat stands in.
-    fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
-    expired = or_(
-        LrFinder.lease_expires_at < now,
-        and_(
-            LrFinder.lease_expires_at.is_(None),
-            LrFinder.started_at < fresh,
-            ~exists().where(WorkerHeartbeat.hostname == LrFinder.worker, WorkerHeartbeat.last_seen_at >= fresh),
-        ),
-    )
-    lapsed = session.scalars(
-        select(LrFinder)
-        .where(LrFinder.status == RUNNING, expired)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True, of=LrFinder)
-    ).all()
-    orphaned = []
-    for job in lapsed:
-        job.lease_token, job.lease_expires_at = None, None
-        if job.cancel_requested:
-            job.status, job.finished_at = RunStatus.cancelled.value, now
-            out.lr_finders_cancelled.append(job.id)
-        elif job.attempts >= MAX_ATTEMPTS:
-            job.status, job.finished_at = RunStatus.failed.value, now
-            job.error = f"its worker was lost {job.attempts} times (last: {job.worker}); not retried again"
-            out.lr_finders_failed.append(job.id)
-        else:
-            job.status = QUEUED
-            orphaned.append(job)
-            out.lr_finders_requeued.append(job.id)
-    messages = outbox.lr_finders(session, orphaned)  # stamped now: the query below does not take them again
-    unsent = session.scalars(
-        select(LrFinder)
-        .where(_unsent(LrFinder, now, settings.redispatch_seconds))
-        .order_by(LrFinder.created_at)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
-    ).all()
-    return messages + outbox.lr_finders(session, unsent)
-
-
-def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
-    """One pass: expired leases, the outbox, lost messages, orphaned lr-finder jobs, checkpoints of finished runs.
-
-    Each step is its own transaction, its messages sent after its commit, so a failure in one (or a broker
-    that is away) leaves the others done.
-    """
-    app = app or broker.client()
-    settings = settings or get_settings()
-    out = Reconciled()
-    with session_scope() as session:
-        messages = _requeue_expired(session, utcnow(), out)
-    out.dispatched += outbox.send(messages, app=app)
-    with session_scope() as session:
-        messages = _resend_runs(session, settings, utcnow())
-    out.dispatched += outbox.send(messages, app=app)
-    with session_scope() as session:
-        messages = _reconcile_lr_finders(session, settings, utcnow(), out)
-    out.lr_finders_dispatched += outbox.send(messages, app=app)
-    with session_scope() as session:
-        # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
-        out.checkpoints_dropped = session.execute(
-            delete(Checkpoint).where(~exists().where(Run.id == Checkpoint.run_id, Run.status.in_((QUEUED, RUNNING))))
-        ).rowcount  # type: ignore[attr-defined]
-    return out

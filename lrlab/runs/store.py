@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, Connection, Select, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session, object_session
 
-from lrlab import queue
+from lrlab import broker
 from lrlab.models import LOCAL_OWNER, CurvePoint, Run, utcnow
 from lrlab.schemas import RunPublic, RunSpec, RunStatus, RunSummary
 
@@ -79,8 +79,8 @@ def _waiting_reason(run: Run) -> str | None:
     now = time.monotonic()
     cached = session.info.get(_LIVE_QUEUES)
     if cached is None or now - cached[0] > LIVE_QUEUES_SECONDS:
-        cached = session.info[_LIVE_QUEUES] = (now, queue.live_queues(session))
-    return queue.waiting_reason(run.queue, cached[1])
+        cached = session.info[_LIVE_QUEUES] = (now, broker.live_queues(session))
+    return broker.waiting_reason(run.queue, cached[1])
 
 
 # --- cursor pagination, newest first ------------------------------------------------------------
@@ -192,9 +192,7 @@ def point_public(row: CurvePoint) -> dict[str, Any]:
 def points(session: Session, run_id: str, after_epoch: int = 0) -> list[dict[str, Any]]:
     """The run's points in epoch order; `after_epoch` skips the ones a caller already has (in SQL)."""
     rows = session.scalars(
-        select(CurvePoint)
-        .where(CurvePoint.run_id == run_id, CurvePoint.epoch > after_epoch)
-        .order_by(CurvePoint.epoch)
+        select(CurvePoint).where(CurvePoint.run_id == run_id, CurvePoint.epoch > after_epoch).order_by(CurvePoint.epoch)
     )
     return [point_public(r) for r in rows]
 

@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from lrlab.broker import choose_queue
 from lrlab.models import LrFinder, utcnow
-from lrlab.queue import choose_queue
 from lrlab.schemas.experiments import MIN_SWEEP_LR, LrFinderCreate, LrFinderPublic
 from lrlab.schemas.runs import RunStatus
 

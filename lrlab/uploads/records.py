@@ -20,11 +20,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lrlab.blobs import BlobStore
-from lrlab.datasets import Inspection, cache_name
 from lrlab.models import Blob, Dataset, LrFinder, Run, utcnow
 from lrlab.schemas.datasets import DatasetPublic
 from lrlab.schemas.runs import RunStatus
+from lrlab.uploads.blobs import BlobStore
+from lrlab.uploads.validation import Inspection, cache_name
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ pytestmark = pytest.mark.service
 @contextmanager
 def settings_env(**values: str) -> Iterator[None]:
     """Change settings for a block: the app reads them through the cached get_settings()."""
-    from lrlab import db, queue
+    from lrlab import broker, db
 
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     db.reset_caches()
-    queue.reset_client()
+    broker.reset_client()
     try:
         yield
     finally:
@@ -37,7 +37,7 @@ def settings_env(**values: str) -> Iterator[None]:
             else:
                 os.environ[k] = v
         db.reset_caches()
-        queue.reset_client()
+        broker.reset_client()
 
 
 def auth(key: str) -> dict[str, str]:

@@ -409,10 +409,10 @@ def test_delete_is_409_while_in_use_and_frees_the_blob_last(api_client: Any) -> 
 
 
 def test_checks_match_what_the_trainer_reads() -> None:
-    from lrlab import datasets
+    from lrlab.uploads import validation
     from trainer import data
 
-    assert datasets.IMAGE_SUFFIXES == data.IMAGE_SUFFIXES
+    assert validation.IMAGE_SUFFIXES == data.IMAGE_SUFFIXES
 
 
 def test_openapi_documents_the_upload_form_and_limits(api_client: Any) -> None:

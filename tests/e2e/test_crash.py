@@ -19,10 +19,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from lrlab import store
+from lrlab.broker import make_celery
 from lrlab.db import session_scope
 from lrlab.models import Checkpoint, CurvePoint, Run
-from lrlab.queue import make_celery
+from lrlab.runs import store
 from lrlab.schemas import RunSpec
 from lrlab.settings import Settings
 from tests.conftest import start_worker, stop_process, wait_for

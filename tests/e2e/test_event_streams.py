@@ -122,8 +122,8 @@ def submit_waiting_run(base: str, key: str) -> str:
 
 
 def write_points(run_id: str, epochs: range) -> None:
-    from lrlab import store
     from lrlab.db import session_scope
+    from lrlab.runs import store
 
     for epoch in epochs:
         with session_scope() as s:  # one commit (and one NOTIFY) per epoch, as a worker's writer does

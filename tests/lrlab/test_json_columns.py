@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lrlab import store
 from lrlab.db import dumps_json, get_sessionmaker
 from lrlab.migrate import upgrade
 from lrlab.models import LrFinder, Pbt, PbtEvent, Run, utcnow
+from lrlab.runs import store
 from lrlab.schemas import RunSpec
 
 NAN, INF = math.nan, math.inf

@@ -14,10 +14,11 @@ import pytest
 import redis
 from celery import Celery
 
-from lrlab import leases, outbox, store
+from lrlab import outbox
+from lrlab.broker import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN, make_celery
 from lrlab.db import session_scope
 from lrlab.models import Run, utcnow
-from lrlab.queue import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN, make_celery
+from lrlab.runs import reconciler, store
 from lrlab.runs.fusing import MAX_PACK_MEMBERS
 from lrlab.schemas import RunSpec
 from lrlab.settings import Settings
@@ -88,7 +89,7 @@ def test_failed_send_clears_the_stamp_and_the_reconciler_sends_it(sent: Any) -> 
     assert outbox.send(queued, app=dead_broker()) == []  # logged, never raised
     assert row(run_id).dispatched_at is None
     set_run(run_id, created_at=utcnow() - timedelta(seconds=10))
-    leases.reconcile()
+    reconciler.reconcile()
     assert row(run_id).dispatched_at is not None and messages() == [(TRAIN_RUN, run_id)]
 
 

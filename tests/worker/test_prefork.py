@@ -17,16 +17,17 @@ def test_prefork_worker_trains_concurrent_runs(service_env: dict[str, str], tmp_
     try:
         wait_for(lambda: live_workers("prefork") or proc.poll() is not None, 60, "prefork heartbeat")
         assert proc.poll() is None, log.read_text()
-        from lrlab import leases, store
         from lrlab.db import session_scope
         from lrlab.models import Run
+        from lrlab.runs import store
         from lrlab.schemas import RunSpec
+        from tests.rows import send
 
         ids = []
         with session_scope() as s:
             for seed in range(4):
                 ids.append(store.create_run(s, RunSpec(epochs=2, seed=seed), "prefork").id)
-        assert leases.dispatch_runs([(run_id, "prefork") for run_id in ids]) == 4
+        assert send("runs", ids, "prefork") == ids
 
         def finished() -> list[Run] | None:
             with session_scope() as s:

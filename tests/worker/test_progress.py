@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from lrlab import leases
 from lrlab.db import session_scope
+from lrlab.runs import leases
 from tests.conftest import wait_for
 from tests.rows import epochs, new_run, pt, row, set_run
 from worker.progress import ProgressWriter

@@ -1,4 +1,5 @@
-"""An outcome that can't be written for what it holds ends the run or job `failed`, saying why, at once.
+"""worker/steps.py's outcomes: one that can't be written for what it holds ends the run or job `failed`, saying
+why, at once; none is written without the lease.
 
 Such a write fails the same way on every attempt: left to the lease, the run would be trained again up to
 MAX_ATTEMPTS times and end with a reason that blames its workers (and an lr-finder job would loop).
@@ -11,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from lrlab import leases, store
 from lrlab.db import session_scope
 from lrlab.models import LrFinder, Run, utcnow
+from lrlab.runs import leases, store
 from lrlab.schemas import RunSpec
-from worker.execute import _record
-from worker.find_lr import record
+from worker.steps import record_failure, record_run
+from worker.sweep import record
 
 pytestmark = pytest.mark.service
 
@@ -37,7 +38,7 @@ def test_run_whose_outcome_cannot_be_written_is_failed_with_the_reason(queue_nam
     def outcome() -> dict[str, Any]:
         return {"status": "succeeded", "summary": UNWRITABLE}
 
-    assert _record(run_id, claim.token, outcome) is True
+    assert record_run(run_id, claim.token, outcome) is True
     with session_scope() as s:
         run = s.get(Run, run_id)
         assert run is not None
@@ -49,7 +50,7 @@ def test_run_outcome_is_not_written_without_the_lease(queue_name: str) -> None:
     with session_scope() as s:
         run_id = store.create_run(s, RunSpec(epochs=1), queue_name).id
     assert leases.claim_run(run_id, "w1", lease_seconds=30) is not None
-    assert _record(run_id, "a lapsed token", lambda: {"status": "succeeded", "summary": UNWRITABLE}) is False
+    assert record_run(run_id, "a lapsed token", lambda: {"status": "succeeded", "summary": UNWRITABLE}) is False
     with session_scope() as s:
         assert s.get(Run, run_id).status == "running"  # type: ignore[union-attr]
 
@@ -68,3 +69,18 @@ def test_lr_finder_job_whose_result_cannot_be_written_is_failed_with_the_reason(
         assert got is not None
         assert (got.status, got.result, got.lease_token) == ("failed", None, None)
         assert got.error is not None and got.error.startswith("its outcome could not be recorded: ")
+
+
+def test_failure_is_recorded_with_its_reason_only_under_the_lease(queue_name: str) -> None:
+    with session_scope() as s:
+        run_id = store.create_run(s, RunSpec(epochs=1), queue_name).id
+    claim = leases.claim_run(run_id, "w1", lease_seconds=30)
+    assert claim is not None
+    boom = ValueError("Invalid learning rate: -1" + "!" * 5000)
+    assert record_failure(run_id, "a lapsed token", boom) is False
+    assert record_failure(run_id, claim.token, boom) is True
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        assert run is not None and run.status == "failed" and run.lease_token is None
+        assert run.error is not None and run.error.startswith("ValueError: Invalid learning rate: -1")
+        assert len(run.error) == 4000

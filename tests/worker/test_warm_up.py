@@ -38,5 +38,5 @@ def test_first_task_after_warm_up_imports_nothing(tmp_path: Path) -> None:
     )
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["before"] is False  # importing the app (as the prefork parent does) does not import torch
-    assert {"torch", "sklearn", "worker.execute", "worker.pack"} <= set(probe["warm"])
+    assert {"torch", "sklearn", "worker.run", "worker.pack", "worker.steps"} <= set(probe["warm"])
     assert probe["new"] == []  # no import (scikit-learn's, the memory estimate's torch._dynamo) in a first task

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lrlab import leases, store
 from lrlab.db import session_scope
 from lrlab.models import Run
+from lrlab.runs import store
 from lrlab.schemas import RunSpec
 from tests.conftest import start_worker, stop_process, wait_for
+from tests.rows import send
 
 pytestmark = pytest.mark.service
 
@@ -33,7 +34,7 @@ def json_worker(service_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
 def test_worker_json_logs_carry_the_run_id(json_worker: Path) -> None:
     with session_scope() as s:
         run_id = store.create_run(s, RunSpec(dataset="blobs", epochs=2), "jsonlogs").id
-    assert leases.dispatch_run(run_id, "jsonlogs")
+    assert send("runs", [run_id], "jsonlogs")
 
     def done() -> bool:
         with session_scope() as s:

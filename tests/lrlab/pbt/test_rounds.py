@@ -20,10 +20,11 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
-from lrlab import leases, outbox, store
+from lrlab import outbox
 from lrlab.db import session_scope
 from lrlab.models import Pbt, PbtEvent, PbtMember, Run, utcnow
 from lrlab.pbt import rounds
+from lrlab.runs import leases, reconciler, store
 from lrlab.schemas.pbt import PbtCreate
 
 pytestmark = pytest.mark.service
@@ -66,7 +67,7 @@ def test_first_round_is_stamped_when_queued_and_not_sent_again_by_the_reconciler
     # the outbox grace is long past: a reconciler pass finds nothing of this population to send
     with session_scope() as s:
         s.execute(update(Run).where(Run.id.in_(ids)).values(created_at=utcnow() - timedelta(seconds=30)))
-    out = leases.reconcile()
+    out = reconciler.reconcile()
     assert not set(ids) & set(out.dispatched)
     assert tasks() == expected  # still one task for the fused round: it trains as one pack
     with session_scope() as s:

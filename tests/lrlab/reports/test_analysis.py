@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lrlab.analysis import (
+from lrlab.reports.analysis import (
     METRICS,
     downsample,
     group_replicates,

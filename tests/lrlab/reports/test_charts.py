@@ -199,7 +199,7 @@ def test_render_lr_finder_chart_shows_loss_smoothed_and_suggestion() -> None:
 
 def test_import_charts_and_analysis_stays_light() -> None:
     code = (
-        "import sys, lrlab.charts, lrlab.analysis, lrlab.schemas.compare; "
+        "import sys, lrlab.reports.charts, lrlab.reports.analysis, lrlab.schemas.compare; "
         "print(sorted(m for m in ('matplotlib', 'torch', 'trainer', 'fastapi', 'sqlalchemy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

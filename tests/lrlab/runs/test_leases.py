@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from lrlab import leases
 from lrlab.db import session_scope
 from lrlab.models import Checkpoint, utcnow
+from lrlab.runs import leases
 from tests.rows import job_row, new_job, new_run, row, set_job, set_run
 
 pytestmark = pytest.mark.service

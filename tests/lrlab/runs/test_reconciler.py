@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from lrlab import leases, outbox
+from lrlab import outbox
+from lrlab.broker import make_celery
 from lrlab.db import get_engine, session_scope
 from lrlab.models import Checkpoint, LrFinder, Run, utcnow
-from lrlab.queue import make_celery
+from lrlab.runs import leases, reconciler
 from lrlab.settings import Settings
 from tests.rows import job_row, new_job, new_run, row, set_job, set_run
 
@@ -32,7 +33,7 @@ def test_reconcile_requeues_expired_lease_and_sends_it(q: Any) -> None:
     with session_scope() as s:
         leases.save_checkpoint(s, run_id, 2, b"checkpoint bytes")
     set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
-    leases.reconcile()
+    reconciler.reconcile()
     got = row(run_id)
     assert (got.status, got.lease_token, got.lease_expires_at) == ("queued", None, None)
     assert got.dispatched_at is not None and waiting() == 1
@@ -48,9 +49,9 @@ def test_reconcile_skips_rows_another_reconciler_holds(q: Any) -> None:
     set_run(run_id, lease_expires_at=utcnow() - timedelta(seconds=1))
     with get_engine().connect() as other, other.begin(), ThreadPoolExecutor(1) as pool:
         other.execute(select(Run.id).where(Run.id == run_id).with_for_update())
-        pool.submit(leases.reconcile).result(timeout=5)  # plain FOR UPDATE would block here
+        pool.submit(reconciler.reconcile).result(timeout=5)  # plain FOR UPDATE would block here
         assert row(run_id).status == "running" and waiting() == 0
-    leases.reconcile()
+    reconciler.reconcile()
     assert row(run_id).status == "queued" and waiting() == 1
 
 
@@ -63,7 +64,7 @@ def test_reconcile_ends_runs_that_should_not_run_again(q: Any) -> None:
             leases.save_checkpoint(s, run_id, 1, b"x")
     set_run(cancelled, lease_expires_at=past, cancel_requested=True)
     set_run(doomed, lease_expires_at=past, attempts=leases.MAX_ATTEMPTS)
-    leases.reconcile()
+    reconciler.reconcile()
     assert row(cancelled).status == "cancelled"
     assert row(doomed).status == "failed" and "lost 5 times" in (row(doomed).error or "")
     with session_scope() as s:
@@ -79,7 +80,7 @@ def test_reconcile_sends_again_a_message_the_broker_lost(q: Any) -> None:
     assert outbox.send(queued) == [run_id] and waiting() == 1
     long_ago = utcnow() - timedelta(seconds=Settings().redispatch_seconds + 1)
     set_run(run_id, dispatched_at=long_ago)
-    leases.reconcile()
+    reconciler.reconcile()
     assert row(run_id).dispatched_at > long_ago and waiting() == 2  # type: ignore[operator]
 
 
@@ -90,7 +91,7 @@ def test_reconcile_sends_unsent_and_orphaned_lr_finder_jobs(q: Any) -> None:
         unsent = LrFinder(status="queued", spec={}, queue=name, created_at=old)
         orphan = LrFinder(status="running", spec={}, queue=name, created_at=old, started_at=old, worker="gone@host")
         s.add_all([unsent, orphan])
-    leases.reconcile()
+    reconciler.reconcile()
     with session_scope() as s:
         got = [s.get(LrFinder, j.id) for j in (unsent, orphan)]
         assert [(j.status, j.dispatched_at is not None) for j in got if j] == [("queued", True), ("queued", True)]
@@ -118,7 +119,7 @@ def test_requeued_run_can_be_claimed_the_moment_its_message_arrives(q: Any) -> N
         return result
 
     app.send_task = send_and_claim  # type: ignore[method-assign]
-    out = leases.reconcile(app=app)
+    out = reconciler.reconcile(app=app)
     assert out.requeued == [run_id] and out.dispatched == [run_id]
     assert claims and claims[0] is not None, "the message arrived before the run was queued"
     assert row(run_id).status == "running" and row(run_id).worker == "w2"
@@ -133,7 +134,7 @@ def test_reconcile_requeues_cancels_or_fails_lr_finder_jobs_whose_lease_lapsed(q
         set_job(job_id, lease_expires_at=past)
     set_job(stopping, cancel_requested=True)
     set_job(doomed, attempts=leases.MAX_ATTEMPTS)  # claimed and lost five times: it is what kills its workers
-    leases.reconcile()
+    reconciler.reconcile()
     assert (job_row(lost).status, job_row(lost).lease_token) == ("queued", None)
     assert job_row(lost).dispatched_at is not None and waiting() == 1
     assert job_row(stopping).status == "cancelled"

@@ -1,0 +1,202 @@
+"""The reconciler, the outbox's other half: every worker runs a pass every `reconcile_seconds`.
+
+A pass requeues runs (and lr-finder jobs) whose lease expired, or ends them (cancelled when a cancel was asked
+for, failed at MAX_ATTEMPTS); sends what carries no stamp (a send that failed, a run handed back) and sends
+again what has waited longer than `redispatch_seconds` (a message the broker lost); and drops the checkpoints
+of finished runs. Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row
+twice, and what a step queues is stamped in its transaction and sent after its commit (lrlab.outbox).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy.orm import Session
+
+from lrlab import broker, outbox
+from lrlab.db import session_scope
+from lrlab.models import Checkpoint, LrFinder, Run, WorkerHeartbeat, utcnow
+from lrlab.outbox import Message
+from lrlab.runs.leases import MAX_ATTEMPTS, QUEUED, RUNNING
+from lrlab.schemas import RunStatus
+from lrlab.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Work is stamped when it is queued, so a queued row without a stamp was handed back or its send failed. One
+# younger than this is left alone: it was just written outside the outbox by someone who claims it (tests do).
+OUTBOX_GRACE_SECONDS = 2.0
+# Rows one reconciler pass takes per kind; the next pass takes the rest.
+BATCH = 200
+
+
+@dataclass
+class Reconciled:
+    """What one pass did (ids), for logs and tests."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
+    lr_finders_requeued: list[str] = field(default_factory=list)
+    lr_finders_failed: list[str] = field(default_factory=list)
+    lr_finders_cancelled: list[str] = field(default_factory=list)
+    lr_finders_dispatched: list[str] = field(default_factory=list)
+    checkpoints_dropped: int = 0
+
+    PARTS = (
+        "requeued",
+        "failed",
+        "cancelled",
+        "dispatched",
+        "lr_finders_requeued",
+        "lr_finders_failed",
+        "lr_finders_cancelled",
+        "lr_finders_dispatched",
+    )
+
+    def __bool__(self) -> bool:
+        return bool(str(self))
+
+    def __str__(self) -> str:
+        """The non-empty parts, e.g. `requeued 1 (3f2a...), dispatched 1`."""
+        parts = []
+        for name in self.PARTS:
+            ids: list[str] = getattr(self, name)
+            if ids:
+                shown = "" if name.endswith("dispatched") else f" ({', '.join(ids)})"
+                parts.append(f"{name.replace('_', ' ')} {len(ids)}{shown}")
+        if self.checkpoints_dropped:
+            parts.append(f"checkpoints dropped {self.checkpoints_dropped}")
+        return ", ".join(parts)
+
+
+def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[Message]:
+    """running with an expired lease -> queued, or failed/cancelled when that is the right end.
+
+    Returns the requeued runs' messages, stamped here, to send once this transaction has committed: a worker
+    receiving one earlier would find the run still running (its claim does not wait for our row lock: the row
+    it sees does not match `status = queued`) and drop it, leaving the run to the redispatch timeout.
+    """
+    rows = session.scalars(
+        select(Run)
+        .where(Run.status == RUNNING, Run.lease_expires_at < now)
+        .order_by(Run.lease_expires_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    requeued = []
+    for run in rows:
+        run.lease_token, run.lease_expires_at = None, None
+        if run.cancel_requested:  # its worker died while stopping it: stopped is what was asked for
+            run.status, run.finished_at = RunStatus.cancelled.value, now
+            out.cancelled.append(run.id)
+        elif run.attempts >= MAX_ATTEMPTS:
+            run.status, run.finished_at = RunStatus.failed.value, now
+            run.error = f"its worker was lost {run.attempts} times (last: {run.worker}); not retried again"
+            out.failed.append(run.id)
+        else:
+            run.status = QUEUED
+            requeued.append(run)
+            out.requeued.append(run.id)
+    if requeued:
+        log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
+    if out.failed or out.cancelled:
+        session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(out.failed + out.cancelled)))
+    return outbox.runs(session, requeued)
+
+
+def _unsent(model: type[Run] | type[LrFinder], now: datetime, redispatch_seconds: float) -> Any:
+    """Queued and never sent (or its send failed, or it was handed back), or sent too long ago (lost message)."""
+    return and_(
+        model.status == QUEUED,
+        or_(
+            and_(model.dispatched_at.is_(None), model.created_at < now - timedelta(seconds=OUTBOX_GRACE_SECONDS)),
+            model.dispatched_at < now - timedelta(seconds=redispatch_seconds),
+        ),
+    )
+
+
+def _resend_runs(session: Session, settings: Settings, now: datetime) -> list[Message]:
+    rows = session.scalars(
+        select(Run)
+        .where(_unsent(Run, now, settings.redispatch_seconds))
+        .order_by(Run.created_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return outbox.runs(session, rows)
+
+
+def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, out: Reconciled) -> list[Message]:
+    """Expired leases as for runs (requeued, or cancelled, or failed at MAX_ATTEMPTS), then the unsent ones."""
+    # A job claimed before jobs had leases (migration 0009) has none: its worker's heartbeat stands in.
+    fresh = now - timedelta(seconds=settings.heartbeat_ttl_seconds)
+    expired = or_(
+        LrFinder.lease_expires_at < now,
+        and_(
+            LrFinder.lease_expires_at.is_(None),
+            LrFinder.started_at < fresh,
+            ~exists().where(WorkerHeartbeat.hostname == LrFinder.worker, WorkerHeartbeat.last_seen_at >= fresh),
+        ),
+    )
+    lapsed = session.scalars(
+        select(LrFinder)
+        .where(LrFinder.status == RUNNING, expired)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True, of=LrFinder)
+    ).all()
+    orphaned = []
+    for job in lapsed:
+        job.lease_token, job.lease_expires_at = None, None
+        if job.cancel_requested:
+            job.status, job.finished_at = RunStatus.cancelled.value, now
+            out.lr_finders_cancelled.append(job.id)
+        elif job.attempts >= MAX_ATTEMPTS:
+            job.status, job.finished_at = RunStatus.failed.value, now
+            job.error = f"its worker was lost {job.attempts} times (last: {job.worker}); not retried again"
+            out.lr_finders_failed.append(job.id)
+        else:
+            job.status = QUEUED
+            orphaned.append(job)
+            out.lr_finders_requeued.append(job.id)
+    messages = outbox.lr_finders(session, orphaned)  # stamped now: the query below does not take them again
+    unsent = session.scalars(
+        select(LrFinder)
+        .where(_unsent(LrFinder, now, settings.redispatch_seconds))
+        .order_by(LrFinder.created_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return messages + outbox.lr_finders(session, unsent)
+
+
+def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
+    """One pass: expired leases, the outbox, lost messages, orphaned lr-finder jobs, checkpoints of finished runs.
+
+    Each step is its own transaction, its messages sent after its commit, so a failure in one (or a broker
+    that is away) leaves the others done.
+    """
+    app = app or broker.client()
+    settings = settings or get_settings()
+    out = Reconciled()
+    with session_scope() as session:
+        messages = _requeue_expired(session, utcnow(), out)
+    out.dispatched += outbox.send(messages, app=app)
+    with session_scope() as session:
+        messages = _resend_runs(session, settings, utcnow())
+    out.dispatched += outbox.send(messages, app=app)
+    with session_scope() as session:
+        messages = _reconcile_lr_finders(session, settings, utcnow(), out)
+    out.lr_finders_dispatched += outbox.send(messages, app=app)
+    with session_scope() as session:
+        # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
+        out.checkpoints_dropped = session.execute(
+            delete(Checkpoint).where(~exists().where(Run.id == Checkpoint.run_id, Run.status.in_((QUEUED, RUNNING))))
+        ).rowcount  # type: ignore[attr-defined]
+    return out
