@@ -1,4 +1,5 @@
-"""The Celery wiring both sides share: app config, task names, queue choice, enqueueing by name."""
+"""The Celery wiring both sides share: app config, task names, the queue a run goes to, the queues live workers
+serve, whether the broker answers. Messages are sent only by lrlab/outbox.py."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 The trainer hands each point over as its epoch ends; the writer commits everything pending in one
 transaction (upserts keyed by run and epoch) and reads the run's cancel flag in the same round trip.
 Commits are at least `flush_seconds` apart: an epoch longer than that is committed as it ends, while
-epochs of a few milliseconds are committed in groups (a database round trip per 20 ms epoch, and the
-GIL hand-offs it causes, cost the training thread ~20%; see docs/benchmarks.md).
+epochs of a few milliseconds are committed in groups (a database round trip per short epoch, and the GIL
+hand-offs it causes, slow the training thread measurably: docs/benchmarks.md has the figures).
 
 With a lease token, every transaction (idle ones every `poll_seconds` included) opens by renewing the
 run's lease where the row still carries that token. If it does not (the lease expired and the run was

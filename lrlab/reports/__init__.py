@@ -1,1 +1,2 @@
-"""What is read out of finished curves: comparisons of runs (compare.py) and charts of them (charts.py)."""
+"""What is read out of curves: summaries and statistics (analysis.py, pure), comparisons of runs (compare.py)
+and their charts (charts.py, matplotlib imported only when drawing)."""

@@ -155,7 +155,7 @@ def point_row(run_id: str, point: dict[str, Any]) -> dict[str, Any]:
 
 
 # One statement text for Postgres and SQLite (both speak ON CONFLICT ... excluded), prepared once: the
-# worker writes a point per epoch and the ORM's per-call overhead (~3 ms of CPU) would slow training.
+# worker writes a point per epoch, and the ORM's per-call CPU overhead would slow training (docs/benchmarks.md).
 UPSERT_POINT = text(
     "INSERT INTO curve_point (run_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds,"
     " nonfinite) VALUES (:run_id, :epoch, :train_loss, :train_accuracy, :val_loss, :val_accuracy, :lr, :seconds,"

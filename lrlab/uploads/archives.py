@@ -1,6 +1,6 @@
 """Untrusted archives, read safely: member paths that stay inside, no links, caps against zip and gzip bombs.
 
-The half of upload validation (lrlab/datasets.py) that opens .zip, .npz (a zip) and .tar.gz files. Sizes are
+The half of upload validation (validation.py) that opens .zip, .npz (a zip) and .tar.gz files. Sizes are
 checked before bytes are inflated where the format declares them (zip), and counted while inflating where it
 does not (gzip); a .tar.gz is read as a stream, never seeked or extracted by tarfile itself.
 """
