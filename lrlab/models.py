@@ -68,6 +68,7 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "run"
+    __table_args__ = (UniqueConstraint("search_id", "trial"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
@@ -100,6 +101,9 @@ class Run(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     # The population based training this run is a member of, if any (see Pbt, PbtMember).
     pbt_id: Mapped[str | None] = mapped_column(ForeignKey("pbt.id", ondelete="CASCADE"), index=True)
+    # The search this run is a trial of, and the trial's number in the search's Optuna study (one run a trial).
+    search_id: Mapped[str | None] = mapped_column(ForeignKey("search.id", ondelete="CASCADE"), index=True)
+    trial: Mapped[int | None]
 
 
 class Checkpoint(Base):
@@ -124,7 +128,50 @@ class Experiment(Base):
     execution: Mapped[str] = mapped_column(String(16), default="separate")
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
+    # Successive halving over the grid's runs (lrlab.schemas.search.EarlyStopping), if asked for.
+    early_stopping: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Search(Base):
+    """A model-based search: an Optuna study (in this database, `study_name`) asked for trials batch by batch;
+    each trial is a run. Its row is the lock that orders asking and telling (lrlab.search.driver)."""
+
+    __tablename__ = "search"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]]  # the request, defaults filled in
+    study_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Outbox: when the search's ADVANCE_SEARCH message was last handed to the broker (NULL: not yet).
+    dispatched_at: Mapped[datetime | None]
+
+
+class RungReport(Base):
+    """Successive halving: a run's score when it reached a rung, and whether it went on (NULL while undecided).
+
+    A run's decision at a rung is made once: a resumed run, or a redelivered pack, finds it here. The runs of
+    one cohort (an experiment's grid) are judged against the reports made before theirs, in `id` order.
+    """
+
+    __tablename__ = "rung_report"
+    __table_args__ = (UniqueConstraint("run_id", "rung"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cohort: Mapped[str] = mapped_column(String(36), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    rung: Mapped[int]
+    score: Mapped[float | None] = mapped_column(Float)
+    continued: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Pbt(Base):

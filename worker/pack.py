@@ -25,6 +25,7 @@ from lrlab.runs import leases
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from worker import steps
+from worker.halving import halving_for
 from worker.progress import close_writer
 from worker.uploads import materialize
 
@@ -72,15 +73,29 @@ def _train(claims: list[leases.Claim], configs: list[trainer.RunConfig]) -> None
     checkpointers = [
         steps.checkpointer(c.run_id, w, settings.checkpoint_seconds) for c, w in zip(claims, writers, strict=True)
     ]
+    ids = [c.run_id for c in claims]
+    halving = halving_for(ids)  # successive halving: the members at a rung are judged together (worker/halving.py)
+
+    def on_epoch(k: int, point: trainer.EpochPoint) -> None:
+        writers[k].put_point(asdict(point))
+        if halving is not None:
+            halving.on_point(ids[k], asdict(point))
+
+    def should_stop(k: int) -> bool:
+        return writers[k].should_stop() or (halving is not None and halving.should_stop(ids[k]))
+
+    def checkpoint_due(k: int, epoch: int) -> bool:
+        return not (halving is not None and halving.at_rung(ids[k], epoch)) and checkpointers[k][0](epoch)
+
     try:
         results = train_population(
             configs,
             device=device,
             data_root=settings.dataset_root,
-            on_epoch=lambda k, point: writers[k].put_point(asdict(point)),
-            should_stop=lambda k: writers[k].should_stop(),
+            on_epoch=on_epoch,
+            should_stop=should_stop,
             starts=[steps.resume_point(c, device, w) for c, w in zip(claims, writers, strict=True)],
-            checkpoint_due=lambda k, epoch: checkpointers[k][0](epoch),
+            checkpoint_due=checkpoint_due,
             on_checkpoint=lambda k, ckpt: checkpointers[k][1](ckpt),
         )
     except Exception as exc:
@@ -96,4 +111,5 @@ def _train(claims: list[leases.Claim], configs: list[trainer.RunConfig]) -> None
             continue
         if steps.handed_back(claim.run_id, claim.token, writer, result):  # each resumes alone, or in a new pack
             continue
-        steps.record_run(claim.run_id, claim.token, functools.partial(steps.outcome, claim.run_id, result))
+        stopped_at = halving.stopped_at(claim.run_id) if halving is not None else None
+        steps.record_run(claim.run_id, claim.token, functools.partial(steps.outcome, claim.run_id, result, stopped_at))

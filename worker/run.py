@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy import update
 
@@ -13,7 +15,8 @@ from lrlab.models import Run
 from lrlab.runs import leases
 from lrlab.settings import get_settings
 from worker import steps
-from worker.progress import close_writer
+from worker.halving import Halving, halving_for
+from worker.progress import ProgressWriter, close_writer
 from worker.uploads import materialize
 
 log = logging.getLogger(__name__)
@@ -24,17 +27,20 @@ def train(claim: leases.Claim) -> None:
     run_id, settings = claim.run_id, get_settings()
     steps.set_threads()
     progress = steps.writer(claim)
+    halving = halving_for([run_id])  # successive halving over its experiment or search, if asked for
     try:
         config = trainer.RunConfig.from_spec(materialize(claim.spec))
         checkpoint_due, on_checkpoint = steps.checkpointer(run_id, progress, settings.checkpoint_seconds)
+        if halving is not None:
+            checkpoint_due = functools.partial(_due_off_rungs, halving, run_id, checkpoint_due)
         device = trainer.resolve_device(claim.spec.get("device", "auto"))
         progress.put_action(lambda conn: conn.execute(update(Run).where(Run.id == run_id).values(device=str(device))))
         result = trainer.train(
             config,
             device=device,
             data_root=settings.dataset_root,
-            on_epoch=lambda point: progress.put_point(asdict(point)),
-            should_stop=progress.should_stop,
+            on_epoch=lambda point: _on_point(progress, halving, run_id, asdict(point)),
+            should_stop=lambda: progress.should_stop() or (halving is not None and halving.should_stop(run_id)),
             start=steps.resume_point(claim, device, progress),
             checkpoint_due=checkpoint_due,
             on_checkpoint=on_checkpoint,
@@ -53,5 +59,16 @@ def train(claim: leases.Claim) -> None:
         return
     if steps.handed_back(run_id, claim.token, progress, result):
         return
-    if steps.record_run(run_id, claim.token, functools.partial(steps.outcome, run_id, result)):
+    stopped_at = halving.stopped_at(run_id) if halving is not None else None
+    if steps.record_run(run_id, claim.token, functools.partial(steps.outcome, run_id, result, stopped_at)):
         log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+
+
+def _on_point(progress: ProgressWriter, halving: Halving | None, run_id: str, point: dict[str, Any]) -> None:
+    progress.put_point(point)
+    if halving is not None:
+        halving.on_point(run_id, point)
+
+
+def _due_off_rungs(halving: Halving, run_id: str, due: Callable[[int], bool], epoch: int) -> bool:
+    return not halving.at_rung(run_id, epoch) and due(epoch)

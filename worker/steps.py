@@ -137,17 +137,22 @@ def resume_point(claim: leases.Claim, device: Any, progress: ProgressWriter) -> 
 # --- outcomes ---------------------------------------------------------------------------------------
 
 
-def outcome(run_id: str, result: trainer.TrainResult) -> dict[str, Any]:
-    """The run's final row values from a trainer result: status, summary of its stored curve, n_parameters."""
+def outcome(run_id: str, result: trainer.TrainResult, stopped_at: int | None = None) -> dict[str, Any]:
+    """The run's final row values from a trainer result: status, summary of its stored curve, n_parameters.
+
+    `stopped_at`: the rung at which successive halving stopped the run (worker/halving.py): it ends `stopped`.
+    """
+    halted = stopped_at is not None and result.status == "stopped"
     with session_scope() as session:
         summary = summarize(
             points(session, run_id),
             diverged_at=result.diverged_at,
-            reason=result.reason,
+            reason=f"not among the top runs at epoch {stopped_at} (successive halving)" if halted else result.reason,
             early_stopped=result.early_stopped,
         )
+    summary.stopped_at = stopped_at if halted else None
     return {
-        "status": OUTCOME[result.status].value,
+        "status": (RunStatus.stopped if halted else OUTCOME[result.status]).value,
         "summary": summary.model_dump(mode="json"),
         "n_parameters": result.n_parameters,
     }

@@ -80,7 +80,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for r in runs:
             best = r.summary.best_val_accuracy if r.summary else None
             say(f"{r.id} {r.status.value} best_val_accuracy={best}")
-        return 0 if all(r.status in (RunStatus.succeeded, RunStatus.diverged) for r in runs) else EXIT_FAILED
+        ended = (RunStatus.succeeded, RunStatus.diverged, RunStatus.stopped)
+        return 0 if all(r.status in ended for r in runs) else EXIT_FAILED
     return 0
 
 
@@ -107,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append(
             (
                 r.label or r.run_id[:8],
-                r.status.value + (f"@{s.diverged_at}" if s and s.diverged_at else ""),
+                r.status.value + (f"@{s.diverged_at or s.stopped_at}" if s and (s.diverged_at or s.stopped_at) else ""),
                 f"{s.best_val_accuracy:.4f}" if s and s.best_val_accuracy is not None else "-",
                 str(s.best_epoch) if s and s.best_epoch else "-",
                 f"{s.min_val_loss:.4f}" if s and s.min_val_loss is not None else "-",

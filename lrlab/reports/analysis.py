@@ -21,10 +21,12 @@ METRICS: dict[str, Literal["max", "min"]] = {
     "epochs_to_target": "min",  # None = never reached = worst
     "seconds": "min",
 }
-# Runs that ended badly rank after every other run, in this order.
-_LAST = (RunStatus.diverged, RunStatus.failed, RunStatus.cancelled)
-# Runs whose summary says nothing about their configuration: their metric is not used in statistics.
-_UNUSABLE = (RunStatus.failed, RunStatus.cancelled)
+# Runs that stopped short of the budget or ended badly rank after every other run, in this order: a run that
+# successive halving stopped trained fewer epochs, so its numbers are not compared with those of full runs.
+_LAST = (RunStatus.stopped, RunStatus.diverged, RunStatus.failed, RunStatus.cancelled)
+# Runs whose summary says nothing about their configuration at the budget: their metric is not used in
+# statistics (a verdict compares runs at the same budget, so a stopped run's shorter curve is left out).
+_UNUSABLE = (RunStatus.failed, RunStatus.cancelled, RunStatus.stopped)
 # Curves of failed runs are left out of per-epoch statistics.
 _NO_CURVE = (RunStatus.failed,)
 CURVE_FIELDS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
@@ -88,7 +90,8 @@ def summary_value(entry: Mapping[str, Any], metric: str) -> float | None:
 
 
 def rank(entries: Sequence[E], metric: str) -> list[E]:
-    """A new list, best first by summary[metric]; None metrics, then diverged, failed, cancelled runs come last.
+    """A new list, best first by summary[metric]; None metrics, then stopped, diverged, failed, cancelled runs come
+    last (a run stopped by successive halving trained less: it ranks after every run that had the full budget).
 
     Within each tier runs are ordered by the metric with None last; ties keep their original order.
     """

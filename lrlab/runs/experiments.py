@@ -119,6 +119,7 @@ def create_experiment(
         name=request.name,
         base=request.base.to_json(),
         grid=request.model_dump(mode="json")["grid"],
+        early_stopping=request.early_stopping.model_dump(mode="json") if request.early_stopping else None,
         created_at=utcnow(),
     )
     session.add(experiment)
@@ -154,6 +155,7 @@ def to_public(session: Session, experiment: Experiment) -> ExperimentPublic:
         created_at=experiment.created_at,
         base=RunSpec.model_validate(experiment.base),
         grid={k: v for k, v in experiment.grid.items() if v is not None},
+        early_stopping=experiment.early_stopping,
         status="finished" if finished else "running" if started else "queued",
         counts=dict(counts),
         runs=[

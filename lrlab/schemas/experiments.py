@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from lrlab.schemas.runs import RunStatus
+from lrlab.schemas.search import EarlyStopping, check_grace
 from lrlab.schemas.spec import (
     MAX_BATCH_SIZE,
     MAX_LR,
@@ -62,6 +63,19 @@ class ExperimentCreate(Strict):
     )
     base: RunSpec = Field(default_factory=RunSpec, description="A run spec; the grid's values replace its fields.")
     grid: Grid
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description=(
+            "Successive halving (ASHA) over the grid's runs: at epochs grace_epochs x reduction_factor^k (below"
+            " base.epochs) a run goes on only in the top 1/reduction_factor of the runs that reached that epoch;"
+            " the others end `stopped`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _grace_below_epochs(self) -> ExperimentCreate:
+        check_grace(self.early_stopping, self.base.epochs, ("early_stopping",))
+        return self
 
     @field_validator("grid")
     @classmethod
@@ -92,6 +106,7 @@ class ExperimentPublic(BaseModel):
     created_at: datetime
     base: RunSpec
     grid: dict[str, Any]
+    early_stopping: EarlyStopping | None = None
     status: str = Field(description="queued, running, or finished (every member finished).")
     counts: dict[str, int] = Field(description="Member runs by status.")
     runs: list[MemberRun]

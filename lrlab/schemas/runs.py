@@ -18,6 +18,7 @@ class RunStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     diverged = "diverged"
+    stopped = "stopped"  # by successive halving (early_stopping: asha): not among the top runs at a rung
 
     def is_finished(self) -> bool:
         return self not in (RunStatus.queued, RunStatus.running)
@@ -47,6 +48,9 @@ class RunSummary(BaseModel):
     diverged_at: int | None = None
     reason: str | None = Field(None, description="Why the run diverged or stopped early.")
     early_stopped: bool = False
+    stopped_at: int | None = Field(
+        None, description="The rung (epoch) at which successive halving stopped the run (status `stopped`)."
+    )
     epochs_to_target: int | None = Field(None, description="First epoch reaching the requested target accuracy.")
 
 

@@ -254,7 +254,7 @@ class EarlyStopping(Strict):
     reduction_factor: int = Field(3, ge=2, le=16, description="Keep the top 1/reduction_factor at each rung.")
 
 
-def _check_grace(early_stopping: EarlyStopping | None, epochs: int, at: tuple[str, ...]) -> None:
+def check_grace(early_stopping: EarlyStopping | None, epochs: int, at: tuple[str, ...]) -> None:
     """A first rung at or past the last epoch stops nothing: a 422, not a silent full grid."""
     if early_stopping is not None and early_stopping.grace_epochs >= epochs:
         raise _invalid(
@@ -303,7 +303,7 @@ class SearchCreate(Strict):
                     f"CMA-ES samples numbers only and `{choices[0]}` is a choice: use tpe or random",
                     self.sampler,
                 )
-        _check_grace(self.early_stopping, self.base.epochs, ("early_stopping",))
+        check_grace(self.early_stopping, self.base.epochs, ("early_stopping",))
         return self
 
     @property

@@ -74,7 +74,8 @@ def train_population(
 
     Members are split by plan_groups; each group trains as stacked tensors, one group after another.
     on_epoch(k, point) and should_stop(k) take the member's index in `configs`; should_stop is asked
-    after each epoch but the last, as trainer.train asks. With dtype=torch.float64 the members match
+    after each epoch but the last, as trainer.train asks, and only once every member of the group has had
+    its on_epoch for that epoch (so a caller can judge them together). With dtype=torch.float64 the members match
     trainer.train run under torch.set_default_dtype(torch.float64) on float64 data.
 
     Checkpoints are trainer.train's: starts[k] resumes member k (from trainer.train, or from this engine),
@@ -223,13 +224,17 @@ class _GroupRun:
             val_sums, val_correct = self._evaluate()
             seconds = time.perf_counter() - t_epoch
 
-            keep: list[int] = []
+            # every member's point is reported before any member is asked to stop: a caller can judge the
+            # members that reached this epoch together (as successive halving does)
+            points = []
             for row, m in enumerate(self.members):
                 train_loss, train_accuracy = train_sums[row] / seen[row], train_correct[row] / seen[row]
                 val_loss, val_accuracy = val_sums[row] / self.n_val, val_correct[row] / self.n_val
-                point = EpochPoint(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lrs[row], seconds)
+                points.append(EpochPoint(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lrs[row], seconds))
                 if on_epoch is not None:
-                    on_epoch(m.index, point)
+                    on_epoch(m.index, points[-1])
+            keep: list[int] = []
+            for row, (m, point) in enumerate(zip(self.members, points, strict=True)):
                 save = functools.partial(self._save, row, on_checkpoint, checkpoint_due)
                 stop = functools.partial(should_stop, m.index) if should_stop is not None else None
                 ending = m.rules.end_epoch(point, save, stop)

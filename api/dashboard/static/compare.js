@@ -125,7 +125,7 @@ function rankTable(comparison, colour) {
         h("th", { class: "num" }, "best val acc"), h("th", { class: "num" }, "best epoch"),
         h("th", { class: "num" }, "final val acc"), h("th", { class: "num" }, "min val loss"),
         target && h("th", { class: "num" }, `epochs to ${pct(comparison.target)}`),
-        h("th", { class: "num" }, "seconds"), h("th", {}, "diverged"),
+        h("th", { class: "num" }, "seconds"), h("th", {}, "diverged / stopped"),
       )),
       h("tbody", {}, comparison.runs.map((r, i) => {
         const s = r.summary || {};
@@ -142,7 +142,8 @@ function rankTable(comparison, colour) {
           h("td", { class: "num" }, fmt(s.min_val_loss)),
           target && h("td", { class: "num" }, s.epochs_to_target ?? "–"),
           h("td", { class: "num" }, s.seconds ? s.seconds.toFixed(1) : "–"),
-          h("td", {}, s.diverged_at ? `epoch ${s.diverged_at}` : ""),
+          h("td", {}, s.diverged_at ? `diverged, epoch ${s.diverged_at}`
+            : s.stopped_at ? `stopped at epoch ${s.stopped_at}` : ""),
         );
       })),
     )),

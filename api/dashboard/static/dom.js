@@ -22,8 +22,8 @@ export function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-export const FINISHED = new Set(["succeeded", "failed", "cancelled", "diverged", "finished"]);
-export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged"];
+export const FINISHED = new Set(["succeeded", "failed", "cancelled", "diverged", "stopped", "finished"]);
+export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "diverged", "stopped"];
 export const METRICS = [
   "best_val_accuracy", "final_val_accuracy", "min_val_loss", "final_val_loss", "epochs_to_target", "seconds",
 ];

@@ -42,7 +42,9 @@ export async function runPage(app, id) {
       { id: "val", label: `val ${kind}`, metric: `val_${kind}`, color: PALETTE[0] },
     ].map((s) => ({ ...s, points: pts.map((p) => ({ x: p.epoch, y: p[s.metric] })) }));
     const diverged = run.summary?.diverged_at;
-    const markers = diverged ? [{ x: diverged, label: `diverged (epoch ${diverged})` }] : [];
+    const stopped = run.summary?.stopped_at;
+    const markers = diverged ? [{ x: diverged, label: `diverged (epoch ${diverged})` }]
+      : stopped ? [{ x: stopped, label: `stopped (epoch ${stopped}, successive halving)` }] : [];
     accuracy.opts.xDomain = xDomain;
     loss.opts.xDomain = xDomain;
     accuracy.setData(series("accuracy"), markers);
@@ -64,6 +66,7 @@ export async function runPage(app, id) {
       ["epochs", `${s.epochs_completed ?? 0} of ${run.spec.epochs}`],
       ["time", s.seconds ? `${s.seconds.toFixed(1)} s` : null],
       ["diverged at", s.diverged_at && `epoch ${s.diverged_at}`],
+      ["stopped at", s.stopped_at && `epoch ${s.stopped_at} (successive halving)`],
       ["why", s.reason],
       ["error", run.error],
     ]));
