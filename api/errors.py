@@ -19,6 +19,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolExhausted
 from starlette.exceptions import HTTPException
 
+from lrlab.storage import StorageError
+
 log = logging.getLogger(__name__)
 
 # PoolExhausted: every pooled connection stayed busy for LRLAB_DB_POOL_TIMEOUT_SECONDS (load, not a caller's fault)
@@ -167,6 +169,15 @@ async def _broker_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _storage_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("object store unavailable: %s", exc)
+    return JSONResponse(
+        detail(["storage"], "the object store is unavailable; try again shortly", "service_unavailable"),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -175,3 +186,4 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(db_error, _database_down)
     for exc in (BrokerError, RedisConnectionError, RedisTimeoutError):
         app.add_exception_handler(exc, _broker_down)
+    app.add_exception_handler(StorageError, _storage_down)

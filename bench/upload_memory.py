@@ -6,6 +6,7 @@ httpx streaming it from disk, then reads the server's peak resident set (VmHWM i
 
   python bench/upload_memory.py                 # 500 MiB
   python bench/upload_memory.py --mib 100
+  python bench/upload_memory.py --storage s3    # into a bucket on a moto S3 server (started here): a multipart upload
 
 Prints a Markdown row: file size, the server's RSS before and its peak during the upload, and the timings.
 """
@@ -13,6 +14,7 @@ Prints a Markdown row: file size, the server's RSS before and its peak during th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import socket
@@ -62,18 +64,33 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=500, help="size of x in MiB (default 500)")
+    parser.add_argument("--storage", choices=["file", "s3"], default="file", help="LRLAB_STORAGE_URL's kind")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        storage_env: dict[str, str] = {}
+        if args.storage == "s3":
+            sys.path.insert(0, str(ROOT))
+            from tests.storage_fixtures import MotoServer
+
+            moto = MotoServer().start()
+            stack.callback(moto.stop)
+            storage_env = {**moto.env(), "LRLAB_STORAGE_URL": f"s3://{moto.create_bucket()}/bench"}
+        return measure(args.mib, storage_env)
+
+
+def measure(mib: int, storage_env: dict[str, str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lrlab-upload-bench-") as tmp:
         data = Path(tmp) / "big.npz"
         t0 = time.perf_counter()
-        n = write_npz(data, args.mib)
+        n = write_npz(data, mib)
         size = data.stat().st_size
         generated = time.perf_counter() - t0
 
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LRLAB_", "AWS_"))}
         env.update(LRLAB_DATA_DIR=str(Path(tmp) / "data"), LRLAB_AUTH="disabled", LRLAB_LOG_LEVEL="WARNING")
+        env.update(storage_env)
         cmd = [sys.executable, "-m", "lrlab.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
         server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
@@ -102,6 +119,9 @@ def main() -> int:
                 raise SystemExit(f"upload failed: {resp.status_code} {resp.text}")
             body = resp.json()
             assert body["n_samples"] == n and body["size_bytes"] == size, body
+            if storage_env:  # the api keeps no copy: nothing under its blobs or staging folders
+                kept = [p for d in ("blobs", "staging") for p in (Path(tmp) / "data" / d).rglob("*") if p.is_file()]
+                assert not kept, kept
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -109,10 +129,11 @@ def main() -> int:
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"generated {size / 2**20:.0f} MiB ({n} x {FEATURES} float32) in {generated:.1f} s")
     print()
-    print("| file | server RSS before | server peak RSS (VmHWM) | upload + checks | throughput |")
-    print("|---|---|---|---|---|")
+    where = storage_env.get("LRLAB_STORAGE_URL", "file:// (the data dir)")
+    print("| file | storage | server RSS before | server peak RSS (VmHWM) | upload + checks + store | throughput |")
+    print("|---|---|---|---|---|---|")
     print(
-        f"| {size / 2**20:.0f} MiB .npz | {before / 1024:.0f} MiB | {peak / 1024:.0f} MiB"
+        f"| {size / 2**20:.0f} MiB .npz | {where.split(':')[0]} | {before / 1024:.0f} MiB | {peak / 1024:.0f} MiB"
         f" | {seconds:.1f} s | {size / 2**20 / seconds:.0f} MiB/s |"
     )
     return 0

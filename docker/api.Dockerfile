@@ -11,8 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LRLAB_DATA_DIR=/data \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# uid/gid 1000 in both images: they share the data volume. /data is created here, owned by that user,
-# so a fresh named volume mounted on it starts out writable by the service.
+# uid/gid 1000 in both images. /data (where an upload is staged while it is checked) is created here, owned by
+# that user, so it is writable by the service, as is a fresh named volume mounted on it.
 RUN groupadd --gid 1000 lrlab \
  && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin lrlab \
  && mkdir -p /data/datasets \

@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LRLAB_DATA_DIR=/data
 
-# Same uid/gid as the api image: both mount the data volume.
+# Same uid/gid as the api image. /data holds the worker's cache of stored datasets (a volume of its own).
 RUN groupadd --gid 1000 lrlab \
  && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin lrlab \
  && mkdir -p /data/datasets \

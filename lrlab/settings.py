@@ -90,6 +90,16 @@ class Settings(BaseSettings):
             " every round's (all). A cancelled or failed population keeps none."
         ),
     )
+    storage_url: str = Field(
+        "",
+        description=(
+            "Where uploaded datasets and population checkpoints live: file:///path, or s3://bucket/prefix with the"
+            " endpoint and credentials in the standard AWS_* variables (docs/storage.md). Empty: the data dir."
+        ),
+    )
+    cache_max_bytes: int = Field(
+        10 << 30, ge=0, description="Most bytes of stored datasets a worker keeps on its disk (least recently used go)."
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with run_id.")
     metrics_token: SecretStr = Field(
@@ -97,10 +107,19 @@ class Settings(BaseSettings):
         description="When set, /metrics (totals across every owner) answers only `Authorization: Bearer <this>`.",
     )
 
-    @field_validator("database_url", "broker_url")
+    @field_validator("database_url", "broker_url", "storage_url")
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        if v:
+            from lrlab.storage.keys import check_url
+
+            check_url(v)  # ValueError saying what is wrong with it
+        return v
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -115,6 +134,8 @@ class Settings(BaseSettings):
         if self.dataset_root is None:
             self.dataset_root = self.data_dir / "datasets"
         self.dataset_root = self.dataset_root.expanduser().resolve()
+        if not self.storage_url:
+            self.storage_url = self.data_dir.as_uri()
         if self.environment == "production" and (self.is_embedded_db or self.is_embedded_broker):
             raise ValueError("production needs LRLAB_DATABASE_URL and LRLAB_BROKER_URL (Postgres, Redis)")
         return self
@@ -129,8 +150,13 @@ class Settings(BaseSettings):
 
     @property
     def blob_dir(self) -> Path:
-        """Uploaded files by content hash (LocalBlobStore); on the data volume api and workers share."""
+        """Uploaded files by content hash with the default storage (the data dir): lrlab.uploads.blobs."""
         return self.data_dir / "blobs"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the api writes an upload while it checks it (its own disk); deleted once the file is stored."""
+        return self.data_dir / "staging"
 
     @property
     def upload_cache_dir(self) -> Path:

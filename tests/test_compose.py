@@ -319,16 +319,55 @@ def test_environment_validates_as_production(monkeypatch: pytest.MonkeyPatch) ->
         assert not settings.is_embedded_db and not settings.is_embedded_broker, name
 
 
-def test_data_volume_shared_by_api_and_workers() -> None:
-    declared = _compose().get("volumes") or {}
-    sources = set()
+def test_api_and_workers_share_no_volume() -> None:
+    """Everything they share lives in the object store: a worker on another host needs no shared filesystem."""
+    api = set(_volume_mounts(_service("api")).values())
+    for name in ("worker", "worker-cpu"):
+        mounts = _volume_mounts(_service(name))
+        assert not api & set(mounts.values()), f"{name} shares a volume with the api: {api & set(mounts.values())}"
+        data_dir = _environment(_service(name))["LRLAB_DATA_DIR"]
+        assert mounts.get(data_dir), f"{name} keeps its cache on a volume of its own at LRLAB_DATA_DIR={data_dir}"
+
+
+def test_storage_is_the_minio_bucket_every_service_reaches() -> None:
+    minio, init = _service("minio"), _service("minio-init")
+    image = minio["image"]
+    assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", image), image
+    assert re.fullmatch(r"quay\.io/minio/mc:RELEASE\.[0-9TZ-]+", init["image"]), init["image"]
+    assert "mc ready local" in _healthcheck(minio) and _volume_mounts(minio).get("/data")
+    root = _environment(minio)
+    address = "9000"  # minio's default S3 port; the command must not move it
+    assert "--address" not in _command(minio)
+    for name in LRLAB_SERVICES:
+        env = _environment(_service(name))
+        settings = Settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("LRLAB_")})
+        assert settings.storage_url.startswith("s3://"), name
+        bucket = settings.storage_url[5:].split("/")[0]
+        assert env["AWS_ENDPOINT_URL"] == f"http://minio:{address}", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            root["MINIO_ROOT_USER"],
+            root["MINIO_ROOT_PASSWORD"],
+        ), name
+        assert env.get("AWS_DEFAULT_REGION"), name
+    init_env, script = _environment(init), " ".join(init["command"])
+    assert init_env["AWS_ENDPOINT_URL"] == f"http://minio:{address}"
+    assert re.search(rf"mc mb --ignore-existing \w+/{re.escape(bucket)}(\s|$)", script), script
+    assert "$$AWS_ACCESS_KEY_ID" in script and "$$AWS_SECRET_ACCESS_KEY" in script  # $$: compose leaves $ to sh
+    assert _depends_on(init) == {"minio": "service_healthy"} and init.get("restart") == "no"
     for name in ("api", "worker", "worker-cpu"):
-        service = _service(name)
-        data_dir = _environment(service)["LRLAB_DATA_DIR"]
-        source = _volume_mounts(service).get(data_dir)
-        assert source, f"{name} does not mount a volume at LRLAB_DATA_DIR={data_dir}"
-        sources.add(source)
-    assert len(sources) == 1 and sources <= set(declared), f"api and workers must share one named volume: {sources}"
+        assert _depends_on(_service(name)).get("minio-init") == "service_completed_successfully", name
+
+
+def test_worker_queues_are_the_brokers() -> None:
+    """The queues compose's workers consume are the ones the api routes to (lrlab.broker), and only the GPU
+    worker, the one with the device reservation, consumes the GPU queue (a worker on it counts as a GPU worker)."""
+    from lrlab.broker import CPU_QUEUE, GPU_QUEUE
+
+    for name in ("worker", "worker-cpu"):
+        assert _queues(_service(name)) <= {GPU_QUEUE, CPU_QUEUE}, name
+        reserves = bool(_service(name).get("deploy"))
+        assert (GPU_QUEUE in _queues(_service(name))) == reserves, name
+    assert set(_parse_lrlab(_exec_form(WORKER_DOCKERFILE, "CMD")).queues.split(",")) == {GPU_QUEUE, CPU_QUEUE}
 
 
 def test_named_volumes_are_declared() -> None:

@@ -27,6 +27,7 @@ from lrlab.runs import leases
 from lrlab.schemas import RunStatus
 from lrlab.schemas.pbt import PbtCreate
 from lrlab.settings import get_settings
+from lrlab.storage import StorageError
 from worker import steps
 from worker.progress import close_writer
 from worker.uploads import materialize
@@ -44,6 +45,7 @@ class _Place:
         self.hyperparameters = dict(member.hyperparameters)
         self.reached = member.epoch
         self.writer = steps.writer(claim)
+        self.lost = False  # found not ours when it came to store its checkpoint
 
     def config(self) -> trainer.RunConfig:
         spec = self.request.member_spec(self.member, self.hyperparameters).to_json()
@@ -67,10 +69,15 @@ class _Place:
     def should_stop(self) -> bool:
         # shutting down: stop after this epoch and hand the member back; it trains the interval again from its
         # boundary checkpoint, as after a lost worker (each epoch stored once)
-        return self.reached >= self.boundary or self.writer.should_stop() or self.writer.shutdown_due()
+        return self.lost or self.reached >= self.boundary or self.writer.should_stop() or self.writer.shutdown_due()
 
     def save(self, store: CheckpointStore, pbt_id: str, ckpt: trainer.Checkpoint) -> None:
-        # before reach() records the epoch, so a member's recorded epoch always has its checkpoint stored
+        # before reach() records the epoch, so a member's recorded epoch always has its checkpoint stored; and only
+        # while the member is ours, so a worker whose lease lapsed (cut off, then back) writes nothing in the store
+        if not steps.lease_held(self.claim):
+            self.lost = True
+            log.warning("member run %s: lease lost before its checkpoint was stored; not stored", self.claim.run_id)
+            return
         store.put(member_key(pbt_id, self.member, ckpt.epoch), trainer.checkpoint_to_bytes(ckpt))
 
 
@@ -109,6 +116,9 @@ def train_member(claim: leases.Claim) -> None:
             checkpoint_due=lambda epoch: epoch == place.boundary,
             on_checkpoint=functools.partial(place.save, store, pbt.id),
         )
+    except StorageError as exc:
+        steps.unreachable_storage(f"member run {claim.run_id}", [place.writer], exc)
+        return
     except Exception as exc:
         _fail([place], exc)
         return
@@ -148,6 +158,9 @@ def train_round(pbt_id: str, worker: str) -> None:
             checkpoint_due=lambda k, epoch: epoch == places[k].boundary,
             on_checkpoint=lambda k, ckpt: places[k].save(store, pbt.id, ckpt),
         )
+    except StorageError as exc:
+        steps.unreachable_storage(f"population {pbt_id}", [p.writer for p in places], exc)
+        return
     except Exception as exc:
         _fail(places, exc)
         return
@@ -159,23 +172,23 @@ def _fail(places: list[_Place], exc: Exception) -> None:
     log.exception("population member(s) failed: %s", ", ".join(p.claim.run_id for p in places))
     for place in places:
         close_writer(place.writer)
-        if not place.writer.lost.is_set():
-            steps.record_failure(place.claim.run_id, place.claim.token, exc)
+        # only where the failure is recorded: a member that is not ours any more is its new worker's to end
+        if not place.writer.lost.is_set() and steps.record_failure(place.claim.run_id, place.claim.token, exc):
             rounds.end_member(place.claim.run_id)
             rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
 
 
 def _finish(place: _Place, result: trainer.TrainResult) -> None:
     run_id, token = place.claim.run_id, place.claim.token
-    if not close_writer(place.writer) or place.writer.lost.is_set():
+    if not close_writer(place.writer) or place.writer.lost.is_set() or place.lost:
         log.warning("member run %s: progress not ours any more; its lease decides", run_id)
         return
     if place.reached < place.boundary and steps.handed_back(run_id, token, place.writer, result):
         return
     if place.reached < place.boundary:  # stopped on request before its boundary: cancelled
-        steps.record_run(run_id, token, functools.partial(steps.outcome, run_id, result))
-        rounds.end_member(run_id)
-        rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
+        if steps.record_run(run_id, token, functools.partial(steps.outcome, run_id, result)):
+            rounds.end_member(run_id)
+            rounds.prune_checkpoints(place.pbt_id, get_checkpoint_store())
         return
     last = place.boundary >= place.request.epochs
     recorded, next_round = rounds.reach(run_id, token, place.boundary, steps.outcome(run_id, result) if last else None)

@@ -14,6 +14,7 @@ import trainer
 from lrlab.models import Run
 from lrlab.runs import leases
 from lrlab.settings import get_settings
+from lrlab.storage import StorageError
 from worker import steps
 from worker.halving import Halving, halving_for
 from worker.progress import ProgressWriter, close_writer
@@ -46,6 +47,9 @@ def train(claim: leases.Claim) -> None:
             on_checkpoint=on_checkpoint,
         )
         progress.close()
+    except StorageError as exc:  # its dataset could not be fetched: not the run's fault
+        steps.unreachable_storage(f"run {run_id}", [progress], exc)
+        return
     except Exception as exc:
         close_writer(progress)
         if progress.lost.is_set():

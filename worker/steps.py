@@ -23,14 +23,15 @@ from sqlalchemy.exc import OperationalError
 
 import trainer
 import trainer.loop  # torch now, before any lease is taken: its import stalls the writer thread for a second or more
-from lrlab.db import session_scope
+from lrlab.db import get_engine, session_scope
 from lrlab.models import CurvePoint, Run
 from lrlab.reports.analysis import summarize
 from lrlab.runs import leases
 from lrlab.runs.store import points
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
-from worker.progress import ProgressWriter
+from lrlab.storage import StorageError
+from worker.progress import ProgressWriter, close_writer
 from worker.retry import through_outages
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,26 @@ def resume_point(claim: leases.Claim, device: Any, progress: ProgressWriter) -> 
         return None
     log.info("run %s: attempt %d resumes after epoch %d", claim.run_id, claim.attempts, start.epoch)
     return start
+
+
+def lease_held(claim: leases.Claim) -> bool:
+    """Renew the claim's lease now, in a transaction of its own: whether the run is still ours.
+
+    For a write outside the database (a checkpoint in the object store): made right after this, it is fenced by
+    time as the leases are, since no other worker can claim the run until the lease just renewed lapses. A worker
+    that lost its host and came back after its lease lapsed finds out here and writes nothing.
+    """
+    with get_engine().begin() as conn:
+        mine, _ = leases.renew_lease(conn, claim.run_id, claim.token, get_settings().lease_seconds)
+    return mine
+
+
+def unreachable_storage(what: str, writers: Sequence[ProgressWriter], exc: StorageError) -> None:
+    """The object store could not be reached (not the run's fault): record nothing and stop renewing, so the
+    lease lapses and a reconciler queues the work again (at most MAX_ATTEMPTS claims, as for a lost worker)."""
+    for w in writers:
+        close_writer(w)
+    log.error("%s: the object store is unreachable (%s); left to its lease, it will be queued again", what, exc)
 
 
 # --- outcomes ---------------------------------------------------------------------------------------

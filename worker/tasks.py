@@ -38,14 +38,16 @@ def _worker(task: Any) -> str:
 
 
 # The paths are imported inside the tasks, not at the top: the prefork parent must never initialise torch.
+# `held()`: the uploaded datasets a task's runs train on stay in the worker's cache until the task ends.
 
 
 @app.task(name=TRAIN_RUN, **TASK_OPTIONS)
 def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
     from worker import pbt, run, steps
+    from worker.uploads import held
 
-    with run_context(run_id):
+    with run_context(run_id), held():
         claim = steps.claim(run_id, _worker(self))
         if claim is None:
             return
@@ -59,8 +61,9 @@ def train_run(self, run_id: str) -> None:  # type: ignore[no-untyped-def]
 def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
     from worker import steps, sweep
+    from worker.uploads import held
 
-    with run_context(job_id):
+    with run_context(job_id), held():
         claim = steps.claim_job(job_id, _worker(self))
         if claim is not None:
             sweep.sweep(claim)
@@ -70,8 +73,9 @@ def find_lr(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
 def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
     from worker import pack
+    from worker.uploads import held
 
-    with run_context(",".join(run_ids)):  # a pack's lines are about all of its runs
+    with run_context(",".join(run_ids)), held():  # a pack's lines are about all of its runs
         pack.train_pack(run_ids, _worker(self))  # claims what it can fuse, sends the rest on
 
 
@@ -79,6 +83,7 @@ def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def
 def train_pbt(self, pbt_id: str) -> None:  # type: ignore[no-untyped-def]
     _not_while_shutting_down()
     from worker import pbt
+    from worker.uploads import held
 
-    with run_context(pbt_id):
+    with run_context(pbt_id), held():
         pbt.train_round(pbt_id, _worker(self))  # claims every queued member

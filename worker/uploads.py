@@ -1,17 +1,21 @@
-"""Uploaded datasets on a worker: unpacked once per content hash into a cache under the dataset root.
+"""Uploaded datasets on a worker: fetched from the object store once per content hash into a bounded cache.
 
 A run spec naming `{"dataset": {"id": ...}}` becomes one naming the cached file or folder by `path`, so the
 trainer's own loaders (and its per-process cache of loaded tensors) do the rest: an .npz as uploaded, a CSV
-converted to an .npz, an image archive extracted to class folders. Each is built in a temporary name and
-renamed into place, so concurrent workers sharing the data volume never see half of one.
+converted to an .npz, an image archive extracted to class folders. The cache (lrlab.storage.cache, under the
+dataset root, at most LRLAB_CACHE_MAX_BYTES) builds each entry once however many worker processes ask, and
+evicts the least recently used ones, never one in use: a task holds the entries its runs train on until it
+ends (`held`, around each task in worker/tasks.py). A worker with an empty disk fetches what it needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import uuid
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,26 @@ import numpy as np
 from lrlab.db import session_scope
 from lrlab.models import Dataset
 from lrlab.settings import Settings, get_settings
-from lrlab.uploads.blobs import get_blob_store
+from lrlab.storage.cache import Cache
+from lrlab.uploads.blobs import BlobStore, get_blob_store
 from lrlab.uploads.validation import DEFAULT_IMAGE_SIZE, Limits, cache_name, extract_images, read_csv
 from worker.retry import through_outages
 
 log = logging.getLogger(__name__)
+
+_task = threading.local()  # .held: the cache entries the task running on this thread holds (pools may use threads)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Keep every cache entry `materialize` hands out in this block from eviction until the block ends."""
+    outer, _task.held = getattr(_task, "held", None), []
+    try:
+        yield
+    finally:
+        entries, _task.held = _task.held, outer
+        for entry in entries:  # in the order they were taken: the least recently used is the first to go
+            entry.__exit__(None, None, None)
 
 
 def materialize(spec: dict[str, Any]) -> dict[str, Any]:
@@ -50,45 +69,55 @@ def _lookup(dataset_id: str) -> tuple[str, str, str] | None:
     return through_outages(f"looking up dataset {dataset_id}")(read)
 
 
+def cache(settings: Settings) -> Cache:
+    return Cache(settings.upload_cache_dir, settings.cache_max_bytes)
+
+
 def ensure_cached(kind: str, sha256: str, label_column: str, *, settings: Settings) -> str:
-    """Build the trainer-ready form of a blob unless it is there already; its path relative to the dataset root."""
+    """The trainer-ready form of a blob in the cache, built unless it is there; its path relative to the dataset
+    root. Held from eviction until the enclosing `held()` block ends (or, outside one, not at all)."""
     assert settings.dataset_root is not None
-    cache = settings.upload_cache_dir
-    target = cache / cache_name(kind, sha256, label_column)
-    relative = str(target.relative_to(settings.dataset_root))
-    if target.exists():
-        return relative
-    cache.mkdir(parents=True, exist_ok=True)
-    building = cache / f".building-{uuid.uuid4().hex}"
-    try:
-        with get_blob_store(settings).local_path(sha256) as source:
-            _build(kind, source, building, label_column, Limits.from_settings(settings))
-        try:
-            os.rename(building, target)
-        except OSError:
-            if not target.exists():  # a folder another worker finished first is fine; anything else is not
-                raise
-        log.info("dataset %s (%s) unpacked to %s", sha256[:12], kind, target)
-    finally:
-        if building.is_dir():
-            shutil.rmtree(building, ignore_errors=True)
-        else:
-            building.unlink(missing_ok=True)
-    return relative
+    blobs, limits = get_blob_store(settings), Limits.from_settings(settings)
 
+    def build(dest: Path) -> None:
+        _build(kind, blobs, sha256, dest, label_column, limits)
+        log.info("dataset %s (%s) fetched and unpacked to the cache", sha256[:12], kind)
 
-def _build(kind: str, source: Path, dest: Path, label_column: str, limits: Limits) -> None:
-    if kind == "npz":
-        try:
-            os.link(source, dest)  # same filesystem: no copy
-        except OSError:
-            shutil.copyfile(source, dest)
-    elif kind == "csv":
-        table = read_csv(source, label_column)
-        assert table.x is not None and table.y is not None
-        with dest.open("wb") as f:
-            np.savez(f, x=table.x, y=table.y)
-    elif kind == "images":
-        extract_images(source, dest, limits)
+    entry = cache(settings).use(cache_name(kind, sha256, label_column), build, size_hint=lambda: blobs.size(sha256))
+    path = entry.__enter__()
+    holding = getattr(_task, "held", None)
+    if holding is None:
+        entry.__exit__(None, None, None)
     else:
-        raise ValueError(f"Unknown dataset kind: {kind!r}")
+        holding.append(entry)
+    return str(path.relative_to(settings.dataset_root))
+
+
+def _build(kind: str, blobs: BlobStore, sha256: str, dest: Path, label_column: str, limits: Limits) -> None:
+    """The trainer's form of a blob at `dest`: the blob itself (npz), converted (csv) or extracted (images)."""
+    local = blobs.local_path(sha256)  # the file store's own file: read in place, never copied to be read
+    if kind == "npz":
+        if local is None:
+            blobs.fetch(sha256, dest)
+            return
+        try:
+            os.link(local, dest)  # same filesystem: no copy
+        except OSError:
+            shutil.copyfile(local, dest)
+        return
+    source = local or dest.with_name(dest.name + "-source")  # beside dest: swept with it if this is killed
+    try:
+        if local is None:
+            blobs.fetch(sha256, source)
+        if kind == "csv":
+            table = read_csv(source, label_column)
+            assert table.x is not None and table.y is not None
+            with dest.open("wb") as f:
+                np.savez(f, x=table.x, y=table.y)
+        elif kind == "images":
+            extract_images(source, dest, limits)
+        else:
+            raise ValueError(f"Unknown dataset kind: {kind!r}")
+    finally:
+        if local is None:
+            source.unlink(missing_ok=True)

@@ -17,15 +17,28 @@ atomic: a reader sees the whole object or none.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
 
-KEY = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*$")
-MAX_KEY_CHARS = 900  # S3 allows 1024 bytes; the bucket prefix takes the rest
+from lrlab.settings import Settings, get_settings
+from lrlab.storage.keys import check_url, checked_key, checked_prefix
+
+__all__ = [
+    "CHUNK_BYTES",
+    "NotFound",
+    "Storage",
+    "StorageError",
+    "check_url",
+    "checked_key",
+    "checked_prefix",
+    "default_url",
+    "get_storage",
+    "open_storage",
+    "shared_storage",
+]
+
 CHUNK_BYTES = 1 << 20  # streamed reads hand out about this much at a time
 
 
@@ -42,17 +55,6 @@ class NotFound(KeyError):
 
 class StorageError(OSError):
     """The store could not be reached or refused the request (retry later: not the caller's fault)."""
-
-
-def checked_key(key: str) -> str:
-    if len(key) > MAX_KEY_CHARS or not KEY.match(key):
-        raise ValueError(f"Invalid storage key: {key!r}")
-    return key
-
-
-def checked_prefix(prefix: str) -> str:
-    """A prefix is a key naming a folder of keys: 'pbt/abc' covers 'pbt/abc/0/3', never 'pbt/abcd'."""
-    return checked_key(prefix.rstrip("/"))
 
 
 class Storage(Protocol):
@@ -114,35 +116,31 @@ def default_url(data_dir: Path) -> str:
 
 def open_storage(url: str) -> Storage:
     """The backend for a storage URL; ValueError names what is wrong with it."""
-    parts = urlsplit(url.strip())
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ValueError(f"a file storage URL is file:///absolute/path, got {url!r}")
+    scheme, where, prefix = check_url(url)
+    if scheme == "file":
         from lrlab.storage.files import FileStorage
 
-        return FileStorage(Path(unquote(parts.path)))
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise ValueError(f"an S3 storage URL is s3://bucket/prefix, got {url!r}")
-        if parts.query or parts.fragment:
-            raise ValueError(f"an S3 storage URL takes no query or fragment, got {url!r}")
-        prefix = unquote(parts.path).strip("/")
-        if prefix:
-            checked_prefix(prefix)
-        from lrlab.storage.s3 import S3Storage
+        return FileStorage(Path(where))
+    from lrlab.storage.s3 import S3Storage
 
-        return S3Storage(parts.netloc, prefix)
-    raise ValueError(f"storage URL must start with file:// or s3://, got {url!r}")
+    return S3Storage(where, prefix)
 
 
-_opened: dict[tuple[str, int], Storage] = {}
+_opened: dict[tuple[str, ...], Storage] = {}
 _opened_lock = threading.Lock()
+# A client is built from these as they are when it is opened; one opened under other values is another client.
+CLIENT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_REGION")
 
 
 def shared_storage(url: str) -> Storage:
     """One backend per URL and process: its connection pool is reused; a forked child opens its own."""
-    key = (url, os.getpid())
+    key = (url, str(os.getpid()), *(os.environ.get(name, "") for name in CLIENT_VARIABLES))
     with _opened_lock:
         if key not in _opened:
             _opened[key] = open_storage(url)
         return _opened[key]
+
+
+def get_storage(settings: Settings | None = None) -> Storage:
+    """The store LRLAB_STORAGE_URL names (the data dir by default), shared within this process."""
+    return shared_storage((settings or get_settings()).storage_url)

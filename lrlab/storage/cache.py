@@ -120,11 +120,11 @@ class Cache:
     # use -------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def use(self, name: str, build: Callable[[Path], None], size_hint: int = 0) -> Iterator[Path]:
+    def use(self, name: str, build: Callable[[Path], None], size_hint: int | Callable[[], int] = 0) -> Iterator[Path]:
         """The entry's path, built by `build(temporary_path)` when absent; not evicted until the block ends.
 
-        `build` writes a file or a folder at the path it is given (which does not exist yet). `size_hint`, when
-        known, makes room before the build instead of only after it.
+        `build` writes a file or a folder at the path it is given (which does not exist yet). `size_hint` (a number,
+        or a function asked only when a build is due), when known, makes room before the build, not only after.
         """
         entry = self.path(name)
         lock_path = self.locks / name
@@ -168,7 +168,7 @@ class Cache:
         os.pwrite(fd, str(size).encode(), 0)
         os.fsync(fd)
 
-    def _build(self, name: str, fd: int, build: Callable[[Path], None], size_hint: int) -> None:
+    def _build(self, name: str, fd: int, build: Callable[[Path], None], size_hint: int | Callable[[], int]) -> None:
         entry = self.path(name)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.glob(f"{name}~build-*"):  # a builder of this name killed midway (we hold its lock)
@@ -178,8 +178,8 @@ class Cache:
             # lrlab built it). Only whole builds are ever renamed into place, so it is adopted as it is.
             self._record(fd, _du(entry))
             return
-        if size_hint:
-            self._make_room(size_hint, keep=name)
+        if incoming := size_hint() if callable(size_hint) else size_hint:
+            self._make_room(incoming, keep=name)
         building = self.tmp / f"{name}~build-{uuid.uuid4().hex}"
         started = time.monotonic()
         try:
@@ -227,13 +227,19 @@ class Cache:
         if total > self.max_bytes:
             log.warning("cache: %d bytes in use exceed LRLAB_CACHE_MAX_BYTES=%d", total, self.max_bytes)
 
+    def discard(self, name: str) -> bool:
+        """Remove one entry now unless a process uses or builds it; whether it went."""
+        self.path(name)
+        with self._locked(self.evict_lock, fcntl.LOCK_EX):
+            return self._evict(name)
+
     def _evict(self, name: str) -> bool:
         """Remove one entry unless a process uses or builds it now; whether it went."""
-        lock_path = self.locks / name
-        try:
-            fd = os.open(lock_path, os.O_RDWR)
-        except FileNotFoundError:
+        lock_path, entry = self.locks / name, self.path(name)
+        if not lock_path.exists() and not entry.exists():
             return False
+        self.locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # an entry an older lrlab built has none yet
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -242,7 +248,6 @@ class Cache:
             if not _same_file(fd, lock_path):
                 return False
             # Out of sight first (one rename), then removed: a reader never meets half an entry.
-            entry = self.path(name)
             if entry.exists():
                 self.tmp.mkdir(parents=True, exist_ok=True)
                 doomed = self.tmp / f"{name}~evicted-{uuid.uuid4().hex}"
@@ -263,4 +268,4 @@ class Cache:
 
     def fetch(self, storage: Storage, key: str, name: str) -> contextlib.AbstractContextManager[Path]:
         """One stored object as a local file, downloaded once (the file backend's own file needs no copy)."""
-        return self.use(name, lambda dest: storage.get_file(key, dest), size_hint=storage.size(key))
+        return self.use(name, lambda dest: storage.get_file(key, dest), size_hint=lambda: storage.size(key))

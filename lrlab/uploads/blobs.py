@@ -1,47 +1,24 @@
-"""Content-addressed storage of uploaded files (by SHA-256) behind one small interface.
+"""Uploaded files by content hash (SHA-256) in the object store (lrlab.storage), under `blobs/ab/<sha256>`.
 
-`LocalBlobStore` keeps them under LRLAB_DATA_DIR/blobs, on the volume the api and the workers share.
-An S3-compatible store is left out, but nothing outside this module touches paths in the store: it would
-implement the same protocol (stage locally, `put` uploads the staged file, `local_path` downloads to a
-temporary file) and `get_blob_store` would pick it from the settings.
+The api writes an upload to a staging file on its own disk (it reads the file back to check it), then `put`
+streams it into the store and the staging file goes: with S3 storage the api keeps no copy. With the default
+store (the data dir) the staging folder is on the same filesystem and `put` is a rename. Workers read blobs
+through their cache (worker/uploads.py), never from the api's disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 from lrlab.settings import Settings
+from lrlab.storage import Storage, get_storage
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-STAGING = "tmp"
-
-
-class BlobStore(Protocol):
-    def staging(self) -> AbstractContextManager[Path]:
-        """A fresh local file path to write an upload to; whatever is left there is removed on exit."""
-        ...
-
-    def put(self, sha256: str, staged: Path) -> None:
-        """Move a staged file into the store under its hash (atomically: readers never see half a blob)."""
-        ...
-
-    def open(self, sha256: str) -> BinaryIO: ...
-
-    def local_path(self, sha256: str) -> AbstractContextManager[Path]:
-        """A local file holding the blob while the context is open (here the blob itself)."""
-        ...
-
-    def exists(self, sha256: str) -> bool: ...
-
-    def delete(self, sha256: str) -> None: ...
 
 
 def _checked(sha256: str) -> str:
@@ -50,52 +27,53 @@ def _checked(sha256: str) -> str:
     return sha256
 
 
-class LocalBlobStore:
-    """Blobs as files root/ab/abcdef…; uploads are staged in root/tmp, on the same filesystem, so put is a rename."""
+def blob_key(sha256: str) -> str:
+    sha256 = _checked(sha256)
+    return f"blobs/{sha256[:2]}/{sha256}"
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
 
-    def path(self, sha256: str) -> Path:
-        sha256 = _checked(sha256)
-        return self.root / sha256[:2] / sha256
+class BlobStore:
+    def __init__(self, storage: Storage, staging_dir: Path) -> None:
+        self.storage = storage
+        self.staging_dir = staging_dir
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        folder = self.root / STAGING
-        folder.mkdir(parents=True, exist_ok=True)
-        staged = folder / f"{uuid.uuid4().hex}.part"
+        """A fresh local file path to write an upload to; whatever is left there is removed on exit."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        staged = self.staging_dir / f"{uuid.uuid4().hex}.part"
         try:
             yield staged
         finally:
             staged.unlink(missing_ok=True)
 
     def put(self, sha256: str, staged: Path) -> None:
-        dest = self.path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, dest)  # the same bytes by construction, so replacing an existing blob is harmless
+        """Store a staged file under its hash, consuming it (readers never see half a blob). The same bytes by
+        construction, so storing a blob that is there already is harmless."""
+        self.storage.put_file(blob_key(sha256), staged, move=True)
 
-    def open(self, sha256: str) -> BinaryIO:
-        return self.path(sha256).open("rb")
+    def fetch(self, sha256: str, dest: Path) -> None:
+        """Download the blob to `dest` (streamed; written under a temporary name, renamed when whole)."""
+        self.storage.get_file(blob_key(sha256), dest)
 
-    @contextlib.contextmanager
-    def local_path(self, sha256: str) -> Iterator[Path]:
-        path = self.path(sha256)
-        if not path.is_file():
-            raise FileNotFoundError(f"blob {sha256} is missing from {self.root}")
-        yield path
+    def local_path(self, sha256: str) -> Path | None:
+        """The blob's own file when the store is a local folder and holds it; None otherwise."""
+        path = self.storage.local_path(blob_key(sha256))
+        return path if path is not None and path.is_file() else None
+
+    def size(self, sha256: str) -> int:
+        return self.storage.size(blob_key(sha256))
 
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        return self.storage.exists(blob_key(sha256))
 
     def delete(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+        self.storage.delete(blob_key(sha256))
 
     def sweep_staging(self, older_than_seconds: float = 24 * 3600) -> int:
         """Remove staged files a killed process left behind; returns how many."""
-        folder, removed = self.root / STAGING, 0
-        cutoff = time.time() - older_than_seconds
-        for part in folder.glob("*.part") if folder.is_dir() else ():
+        removed, cutoff = 0, time.time() - older_than_seconds
+        for part in self.staging_dir.glob("*.part") if self.staging_dir.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 if part.stat().st_mtime < cutoff:
                     part.unlink()
@@ -103,5 +81,5 @@ class LocalBlobStore:
         return removed
 
 
-def get_blob_store(settings: Settings) -> LocalBlobStore:
-    return LocalBlobStore(settings.blob_dir)
+def get_blob_store(settings: Settings) -> BlobStore:
+    return BlobStore(get_storage(settings), settings.staging_dir)

@@ -9,7 +9,6 @@ dataset row of any owner names the hash any more.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from lrlab.models import Blob, Dataset, LrFinder, Run, utcnow
 from lrlab.schemas.datasets import DatasetPublic
 from lrlab.schemas.runs import RunStatus
+from lrlab.storage.cache import Cache
 from lrlab.uploads.blobs import BlobStore
 from lrlab.uploads.validation import Inspection, cache_name
 
@@ -81,7 +81,8 @@ def store(
     """
     _lock_blob(session, sha256, size)
     had_blob = blobs.exists(sha256)
-    blobs.put(sha256, staged)
+    if not had_blob:  # streamed into the store (S3: a multipart upload) under the blob's lock; the bytes are the same
+        blobs.put(sha256, staged)
     dataset = Dataset(
         owner=owner,
         name=name,
@@ -166,12 +167,8 @@ def delete(session: Session, blobs: BlobStore, dataset: Dataset, cache_dir: Path
         blobs.delete(sha256)
     session.commit()
     if unpacked_unused and cache_dir is not None:
-        # Worker caches on this host (all of them where the data volume is shared); best effort.
-        target = cache_dir / cache_name(kind, sha256, label_column)
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            target.unlink(missing_ok=True)
+        # A worker's cache on this host (`lrlab up`), unless a run uses it; elsewhere the caches' own bounds decide.
+        Cache(cache_dir, 0).discard(cache_name(kind, sha256, label_column))
 
 
 def to_public(dataset: Dataset) -> DatasetPublic:

@@ -115,11 +115,11 @@ def upload(client: Any, filename: str, data: bytes, headers: dict[str, str] | No
 
 
 def stored_files() -> set[Path]:
-    """Every file under the blob store, staging included."""
+    """Every file under the blob store and the api's staging folder."""
     from lrlab.settings import get_settings
 
-    root = get_settings().blob_dir
-    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+    roots = (get_settings().blob_dir, get_settings().staging_dir)
+    return {p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()}
 
 
 def blob_path(sha256: str) -> Path:

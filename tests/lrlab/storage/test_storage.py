@@ -219,6 +219,7 @@ def test_file_storage_keeps_todays_layout(tmp_path: Path) -> None:
         ("s3://", "s3://bucket/prefix"),
         ("s3://bucket/p?x=1", "no query"),
         ("s3://bucket/../x", "Invalid storage key"),
+        ("s3://Not_A_Bucket/x", "not a valid S3 bucket name"),
     ],
 )
 def test_open_storage_refuses_bad_urls(url: str, reason: str) -> None:
