@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.deps import ExperimentDep, OwnerDep, SessionDep
@@ -59,6 +60,14 @@ RUNS_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+def _comparison(
+    session: SessionDep, runs: list[Run], metric: str, target: float | None, max_points: int | None
+) -> StreamingResponse:
+    # Written as it is computed, a run at a time (lrlab.reports.compare), not built as one model and serialised.
+    chunks = compare.compare(session, runs, metric=metric, target=target, max_points=max_points)
+    return StreamingResponse(chunks, media_type="application/json")
+
+
 @router.get("/v1/experiments/{experiment_id}/compare", response_model=Comparison)
 def compare_experiment(
     experiment: ExperimentDep,
@@ -66,10 +75,9 @@ def compare_experiment(
     metric: MetricQuery = "best_val_accuracy",
     target: TargetQuery = None,
     max_points: MaxPointsQuery = None,
-) -> Comparison:
+) -> StreamingResponse:
     """The experiment's runs ranked by `metric`, with summaries and curves; seeds aggregated into groups."""
-    runs = experiments.members(session, experiment.id)
-    return compare.compare(session, runs, metric=metric, target=target, max_points=max_points)
+    return _comparison(session, experiments.members(session, experiment.id), metric, target, max_points)
 
 
 @router.get("/v1/compare", response_model=Comparison, responses=RUNS_RESPONSES)
@@ -80,11 +88,9 @@ def compare_runs(
     metric: MetricQuery = "best_val_accuracy",
     target: TargetQuery = None,
     max_points: MaxPointsQuery = None,
-) -> Comparison:
+) -> StreamingResponse:
     """Any runs, from any experiments, side by side."""
-    return compare.compare(
-        session, _named_runs(session, owner, runs), metric=metric, target=target, max_points=max_points
-    )
+    return _comparison(session, _named_runs(session, owner, runs), metric, target, max_points)
 
 
 @router.get("/v1/experiments/{experiment_id}/charts/{chart}", response_class=Response, responses=CHART_RESPONSES)

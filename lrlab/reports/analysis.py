@@ -28,7 +28,7 @@ _LAST = (RunStatus.stopped, RunStatus.diverged, RunStatus.failed, RunStatus.canc
 # statistics (a verdict compares runs at the same budget, so a stopped run's shorter curve is left out).
 _UNUSABLE = (RunStatus.failed, RunStatus.cancelled, RunStatus.stopped)
 # Curves of failed runs are left out of per-epoch statistics.
-_NO_CURVE = (RunStatus.failed,)
+NO_CURVE = (RunStatus.failed,)
 CURVE_FIELDS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 
 E = TypeVar("E", bound=Mapping[str, Any])
@@ -158,7 +158,7 @@ def group_replicates(entries: Sequence[Mapping[str, Any]], metric: str) -> list[
                 metric_values=values,
                 mean=mean,
                 std=std,
-                epochs=_epoch_stats([r.get("points") or [] for r in runs if str(r.get("status")) not in _NO_CURVE]),
+                epochs=_epoch_stats([r.get("points") or [] for r in runs if str(r.get("status")) not in NO_CURVE]),
             )
         )
     sign = 1.0 if mode == "min" else -1.0

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from lrlab.schemas.runs import RunStatus
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ DPI = 100
 LINE_STYLES = ("-", "--", ":", "-.")
 TITLE_CHARS = 90  # longer titles and legend labels are cut with an ellipsis
 LABEL_CHARS = 60
+LEGEND_RUNS = 20  # up to this many lines, a legend entry per run; more, an entry per configuration (group)
+LEGEND_GROUPS = 24  # ... and at most this many of those (what fits beside the axes)
 MARGIN = 0.05  # of the data range, above and below
 LOSS_CAP = 10.0  # a loss axis stops at this many times the largest first-epoch loss
 LR_FINDER_CAP = 4.0  # ... an lr-finder axis at this many times the minimum smoothed loss (or the first loss)
@@ -42,17 +46,37 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Series:
-    """One run's curve on a chart: points are CurvePoint-shaped dicts, None values are gaps."""
+    """One run's curve on a chart: points are CurvePoint-shaped dicts, None values are gaps.
+
+    Instead of points, `columns` may hold the curve as arrays ({"epoch": (n,), "<field>": (n,)}, NaN = missing,
+    as lrlab.reports.curves reads them); the chart drawn is the same.
+    """
 
     label: str
     status: str
     points: Sequence[Mapping[str, Any]]
     diverged_at: int | None = None
     group: str | None = None  # replicates of one configuration (seeds) share a colour, not a line style
+    columns: Mapping[str, np.ndarray] | None = None
 
     @property
     def diverged(self) -> bool:
         return self.diverged_at is not None or self.status == RunStatus.diverged
+
+    def xs(self) -> np.ndarray:
+        """(n,) int64: the epochs."""
+        if self.columns is not None:
+            return np.asarray(self.columns["epoch"], dtype=np.int64)
+        return np.array([int(p["epoch"]) for p in self.points], dtype=np.int64)
+
+    def ys(self, metric: str, log_scale: bool) -> np.ndarray:
+        """(n,) float64: the metric's values, NaN (a gap) where missing, not finite or not positive on a log axis."""
+        if self.columns is None:
+            return np.array([_plottable(p.get(metric), log_scale) for p in self.points], dtype=np.float64)
+        ys = np.array(self.columns[metric], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            ys[~np.isfinite(ys) | ((ys <= 0) if log_scale else False)] = np.nan
+        return ys
 
 
 def _plottable(value: Any, log_scale: bool) -> float:
@@ -81,18 +105,18 @@ def loss_limits(series: Sequence[Series], metric: str, *, log_scale: bool = Fals
     Limits come from the non-diverged series (all series when every one diverged), padded by MARGIN, and the
     top never exceeds LOSS_CAP times the largest first loss, so a blown-up value stays off the chart.
     """
-    chosen = [s for s in series if not s.diverged]
-    curves = [[_plottable(p.get(metric), log_scale) for p in s.points] for s in chosen]
-    curves = [[v for v in c if not math.isnan(v)] for c in curves]
-    if not any(curves):
-        curves = [
-            [v for v in (_plottable(p.get(metric), log_scale) for p in s.points) if not math.isnan(v)] for s in series
-        ]
-    curves = [c for c in curves if c]
+
+    def finite(chosen: Sequence[Series]) -> list[np.ndarray]:
+        return [ys[~np.isnan(ys)] for ys in (s.ys(metric, log_scale) for s in chosen)]
+
+    curves = finite([s for s in series if not s.diverged])
+    if not any(len(c) for c in curves):
+        curves = finite(series)
+    curves = [c for c in curves if len(c)]
     if not curves:
         return None
-    values = [v for c in curves for v in c]
-    cap = LOSS_CAP * max(abs(c[0]) for c in curves)
+    values = np.concatenate(curves).tolist()  # min and max as Python takes them (the first of equals)
+    cap = LOSS_CAP * max(abs(float(c[0])) for c in curves)
     lo, hi = min(values), min(max(values), cap)
     return _pad(lo, max(hi, lo), log_scale)
 
@@ -162,8 +186,7 @@ def draw_runs_chart(
         colour = colours.setdefault(key, palette[len(colours) % len(palette)])
         style = LINE_STYLES[seen.get(key, 0) % len(LINE_STYLES)]
         seen[key] = seen.get(key, 0) + 1
-        xs = [int(p["epoch"]) for p in s.points]
-        ys = [_plottable(p.get(metric), log_scale) for p in s.points]
+        xs, ys = s.xs(), s.ys(metric, log_scale)
         label = s.label
         if s.diverged:
             label += f" (diverged @ epoch {s.diverged_at})" if s.diverged_at is not None else " (diverged)"
@@ -180,9 +203,9 @@ def draw_runs_chart(
             color=colour,
             linestyle=style,
         )
-        finite = [j for j, y in enumerate(ys) if not math.isnan(y)]
-        if s.diverged and finite:
-            ends.append((i, xs[finite[-1]], ys[finite[-1]], line.get_color()))
+        finite = np.flatnonzero(~np.isnan(ys))
+        if s.diverged and len(finite):
+            ends.append((i, int(xs[finite[-1]]), float(ys[finite[-1]]), line.get_color()))
     ax.set_xlabel("epoch")
     ax.set_ylabel(METRIC_NAMES[metric])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -208,12 +231,44 @@ def draw_runs_chart(
             label="_nolegend_",
         )
     ax.grid(True, alpha=0.3)
-    if series:
+    if len(series) > LEGEND_RUNS:
+        _legend_by_group(ax, series)
+    elif series:
         ax.legend(loc="best", fontsize="small")
     if title:
         ax.set_title(title)
     _as_typed(ax)
     return fig
+
+
+def _legend_by_group(ax: Axes, series: Sequence[Series]) -> None:
+    """More lines than LEGEND_RUNS: a legend entry per configuration (its colour), beside the axes.
+
+    One entry per run would be taller than the chart (the axes shrank to nothing at 256 runs), and placing it
+    where it hides the fewest points ("best") tests every point of every line, for most of the drawing time.
+    """
+    from matplotlib.lines import Line2D
+
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    first: dict[str, Line2D] = {}
+    runs: dict[str, int] = {}
+    diverged: dict[str, int] = {}
+    for i, s in enumerate(series):
+        key = s.group or s.label
+        first.setdefault(key, lines[f"series-{i}"])
+        runs[key] = runs.get(key, 0) + 1
+        diverged[key] = diverged.get(key, 0) + s.diverged
+    handles, labels = [], []
+    for key, line in first.items():
+        handles.append(Line2D([], [], color=line.get_color(), linewidth=1.5))
+        extra = f", {diverged[key]} diverged" if diverged[key] else ""
+        labels.append(f"{key} ({runs[key]} run{'s' if runs[key] > 1 else ''}{extra})")
+    if len(handles) > LEGEND_GROUPS:
+        more = len(handles) - LEGEND_GROUPS + 1
+        handles, labels = handles[: LEGEND_GROUPS - 1], labels[: LEGEND_GROUPS - 1]
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(f"\u2026 and {more} more configurations")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="x-small")
 
 
 def draw_lr_finder_chart(

@@ -251,3 +251,29 @@ def test_render_charts_user_text_never_raises(text: str, fmt: str) -> None:
     ]
     for body in outputs:
         assert body.startswith(PNG_SIGNATURE) if fmt == "png" else ET.fromstring(body).tag.endswith("svg")
+
+
+def test_many_series_get_a_legend_entry_per_configuration() -> None:
+    """Past LEGEND_RUNS lines, one entry per configuration beside the axes (a run's entry each would be taller
+    than the chart); past LEGEND_GROUPS configurations, the rest are counted."""
+    from lrlab.reports.charts import LEGEND_GROUPS, LEGEND_RUNS
+
+    def grid(configs: int) -> list[Series]:
+        return [
+            Series(
+                f"cfg{i // 3} seed={i % 3}",
+                "succeeded",
+                curve(8),
+                diverged_at=5 if i == 4 else None,
+                group=f"cfg{i // 3}",
+            )
+            for i in range(configs * 3)
+        ]
+
+    assert len(grid(10)) > LEGEND_RUNS
+    texts = [t.get_text() for t in draw_runs_chart(grid(10), "val_loss").axes[0].get_legend().get_texts()]
+    assert texts[:3] == ["cfg0 (3 runs)", "cfg1 (3 runs, 1 diverged)", "cfg2 (3 runs)"] and len(texts) == 10
+    texts = [t.get_text() for t in draw_runs_chart(grid(60), "val_loss").axes[0].get_legend().get_texts()]
+    assert len(texts) == LEGEND_GROUPS and texts[-1] == f"\u2026 and {60 - LEGEND_GROUPS + 1} more configurations"
+    few = [t.get_text() for t in draw_runs_chart(grid(10)[:LEGEND_RUNS], "val_loss").axes[0].get_legend().get_texts()]
+    assert few[0] == "cfg0 seed=0" and len(few) == LEGEND_RUNS
