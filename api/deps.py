@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from lrlab import auth, idempotency
 from lrlab.db import get_sessionmaker
-from lrlab.models import LOCAL_OWNER, Dataset, Experiment, LrFinder, Pbt, Run
+from lrlab.models import LOCAL_OWNER, Advice, Dataset, Experiment, LrFinder, Pbt, Run
 from lrlab.runs import quotas, store
 from lrlab.schemas.spec import DatasetRef, RunSpec
 from lrlab.settings import Settings, get_settings
@@ -94,6 +94,7 @@ ExperimentDep = Annotated[Experiment, Depends(_owned(Experiment, "experiment_id"
 LrFinderDep = Annotated[LrFinder, Depends(_owned(LrFinder, "job_id", "lr-finder job"))]
 DatasetDep = Annotated[Dataset, Depends(_owned(Dataset, "dataset_id", "dataset"))]
 PbtDep = Annotated[Pbt, Depends(_owned(Pbt, "pbt_id", "population"))]
+AdviceDep = Annotated[Advice, Depends(_owned(Advice, "advice_id", "advice"))]
 
 
 class Idempotent:
@@ -159,11 +160,12 @@ class Quota:
     def __init__(self, session: Session, owner: str, settings: Settings) -> None:
         self.session, self.owner, self.settings = session, owner, settings
 
-    def check_runs(self, specs: list[RunSpec], at: Sequence[str] = ("body",)) -> None:
-        """`at` is where the specs' fields sit in the body: ("body",) for a run, ("body", "base") for a grid."""
+    def check_runs(self, specs: list[RunSpec], at: Sequence[str] = ("body",), *, jobs: int = 0) -> None:
+        """`at` is where the specs' fields sit in the body: ("body",) for a run, ("body", "base") for a grid;
+        `jobs`: lr-finder jobs the request adds besides its runs."""
         self._check_datasets([s.dataset for s in specs], at)
         try:
-            quotas.check_runs(self.session, self.owner, specs, self.settings)
+            quotas.check_runs(self.session, self.owner, specs, self.settings, jobs=jobs)
         except quotas.QuotaExceeded as exc:
             raise _over_quota(exc) from exc
 

@@ -13,6 +13,7 @@ from api import errors, openapi
 from api.events import EventHub
 from api.gate import Gate
 from api.routes import (
+    advice,
     catalog,
     compare,
     dashboard,
@@ -79,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
     app.include_router(pbt.router)
+    app.include_router(advice.router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.assets(), name="dashboard-assets")  # after /static/docs: that mount comes first
     app.add_middleware(Gate, max_json_bytes=lambda: get_settings().max_json_body_bytes)

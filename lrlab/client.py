@@ -8,6 +8,8 @@
     lab.save_chart(exp.id, "val_accuracy", "acc.png")
     pbt = lab.wait_pbt(lab.submit_pbt({"mutations": {"lr": {"log_uniform": [1e-4, 1e-1]}}}).id)
     lab.submit_run(lab.pbt_schedule(pbt.id).run)  # replay the discovered lr schedule from scratch
+    advice = lab.wait_advice(lab.advise({"base": {"dataset": "digits", "epochs": 10}}).id)
+    print(advice.recommendation.label, advice.verdict.statement)  # which optimizer and lr, and how sure
 
 It speaks HTTP only (no torch, no database). `curves_frame` and `compare_frame` return pandas DataFrames:
 they need pandas, which the `frames` extra installs (pip install 'lrlab[frames]'; the `dev` extra has it).
@@ -27,6 +29,7 @@ import httpx
 from pydantic import BaseModel
 
 from lrlab.schemas import Curves, RunCreated, RunPublic, RunSpec, RunsPublic, RunStatus
+from lrlab.schemas.advice import AdviceCreate, AdviceCreated, AdvicePublic, AdvicesPublic
 from lrlab.schemas.compare import Comparison
 from lrlab.schemas.experiments import (
     ExperimentCreate,
@@ -188,6 +191,65 @@ class Client:
         out = Path(path)
         out.write_bytes(self.pbt_chart(pbt_id, metric, fmt=out.suffix.lstrip(".") or "png"))
         return out
+
+    # --- advice -----------------------------------------------------------------------------------
+
+    def advise(self, request: AdviceCreate | dict[str, Any], *, idempotency_key: str | None = None) -> AdviceCreated:
+        """Which optimizer and lr for `request["base"]` (dataset, model, batch size, epochs): wait_advice(id)."""
+        return self._post(AdviceCreated, "/v1/advice", request, idempotency_key)
+
+    def advice(self, advice_id: str) -> AdvicePublic:
+        return self._get(AdvicePublic, f"/v1/advice/{advice_id}")
+
+    def advice_list(self, *, limit: int = 20, cursor: str | None = None) -> AdvicesPublic:
+        return self._get(AdvicesPublic, "/v1/advice", limit=limit, cursor=cursor)
+
+    def cancel_advice(self, advice_id: str) -> AdvicePublic:
+        return AdvicePublic.model_validate(self._request("POST", f"/v1/advice/{advice_id}/cancel").json())
+
+    def wait_advice(
+        self,
+        advice_id: str,
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        progress: bool = True,
+        out: TextIO | None = None,
+    ) -> AdvicePublic:
+        """Poll until the advice is finished; a progress line on stderr whenever it moves."""
+        stream = out or sys.stderr
+        deadline = None if timeout is None else time.monotonic() + timeout
+        shown = None
+        while True:
+            advice = self.advice(advice_id)
+            line = self.advice_progress_line(advice)
+            if progress and line != shown:
+                stream.write(line + "\n")
+                stream.flush()
+                shown = line
+            if advice.status.is_finished():
+                return advice
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"advice {advice_id} not finished after {timeout}s")
+            time.sleep(poll)
+
+    @staticmethod
+    def advice_progress_line(advice: AdvicePublic) -> str:
+        """The stage and how far its objects are: range tests ended, search runs ended, replicates ended."""
+        if advice.stage == "range_tests":
+            done = sum(t.status not in ("queued", "running") for t in advice.range_tests)
+            where = f"range tests {done}/{len(advice.range_tests)}"
+        elif advice.stage == "search" and advice.search is not None:
+            done = sum(c.status not in ("queued", "running") for c in advice.search.candidates)
+            where = f"search {done}/{len(advice.search.candidates)} runs"
+        elif advice.replicates is not None:
+            configurations = advice.replicates.configurations
+            done = sum(c.val_accuracy.n for c in configurations)
+            where = f"replicates {done}/{sum(len(c.run_ids) for c in configurations)} runs"
+        else:
+            where = advice.stage.value
+        spent = f"{advice.compute.epochs_trained:.0f}/{advice.compute.full_grid_epochs} epochs of a full grid"
+        return f"{advice.id[:8]} {advice.status.value} {where}  {spent}"
 
     # --- waiting ----------------------------------------------------------------------------------
 

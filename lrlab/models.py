@@ -1,4 +1,4 @@
-"""Tables: runs and their curves and checkpoints, experiments, lr-finder jobs, uploaded datasets, keys, workers."""
+"""Tables: runs and their curves, checkpoints, experiments, lr-finder jobs, advice, uploaded datasets, keys, workers."""
 
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ class Experiment(Base):
     # Successive halving over the grid's runs (lrlab.schemas.search.EarlyStopping), if asked for.
     early_stopping: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The advice this grid is a stage of, if any (its search, or its replicates).
+    advice_id: Mapped[str | None] = mapped_column(ForeignKey("advice.id", ondelete="CASCADE"), index=True)
 
 
 class Search(Base):
@@ -253,6 +255,32 @@ class LrFinder(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(36))
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The advice this range test is the first stage of, if any.
+    advice_id: Mapped[str | None] = mapped_column(ForeignKey("advice.id", ondelete="CASCADE"), index=True)
+
+
+class Advice(Base):
+    """One request's answer to "which optimizer, which lr?": a state machine over stages that are lrlab objects
+    (range tests, then a search experiment, then replicates), advanced as each stage's last object ends.
+
+    `plan` holds what each stage was made from and its objects' ids; `result` the answer. Its row is the lock
+    that orders every decision about it (lrlab.advice.pipeline).
+    """
+
+    __tablename__ = "advice"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(36), index=True, default=LOCAL_OWNER)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]  # the request, defaults filled in
+    plan: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class CurvePoint(Base):

@@ -23,6 +23,8 @@ from sqlalchemy.exc import OperationalError
 
 import trainer
 import trainer.loop  # torch now, before any lease is taken: its import stalls the writer thread for a second or more
+from lrlab import outbox
+from lrlab.advice import pipeline as advice
 from lrlab.db import get_engine, session_scope
 from lrlab.models import CurvePoint, Run
 from lrlab.reports.analysis import summarize
@@ -210,7 +212,22 @@ def _finish(what: str, call: Callable[[], bool]) -> bool | None:
 
 
 def record_run(run_id: str, token: str, values: Callable[[], dict[str, Any]]) -> bool:
-    return record(f"run {run_id}", functools.partial(leases.finish_run, run_id, token), values)
+    recorded = record(f"run {run_id}", functools.partial(leases.finish_run, run_id, token), values)
+    if recorded:
+        advance_advice(run_id=run_id)
+    return recorded
+
+
+def advance_advice(*, run_id: str | None = None, job_id: str | None = None) -> None:
+    """An outcome was just recorded: if it ended a stage of an advice, move the advice on (lrlab.advice.pipeline)
+    and send what that queued. Should this fail, a reconciler pass moves the advice on instead."""
+    try:
+        messages = advice.after_run(run_id) if run_id is not None else advice.after_job(str(job_id))
+    except Exception:
+        log.exception("could not move on the advice of %s", f"run {run_id}" if run_id else f"lr-finder job {job_id}")
+        return
+    outbox.send(messages)
+
 
 
 def record_failure(run_id: str, token: str, exc: BaseException) -> bool:

@@ -90,6 +90,7 @@ def sweep(claim: leases.JobClaim) -> None:
         return
     if record(claim, values):
         log.info("lr-finder job %s recorded (attempt %d)", job_id, claim.attempts)
+        steps.advance_advice(job_id=job_id)
 
 
 def record(claim: leases.JobClaim, values: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""The client's commands: submit, watch, compare, runs, cancel and pbt. They speak HTTP through lrlab.client,
+"""The client's commands: submit, watch, compare, runs, cancel, advise and pbt. They speak HTTP through lrlab.client,
 like any user's script, and never touch the database."""
 
 from __future__ import annotations
@@ -234,12 +234,40 @@ def cmd_pbt_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    """An advice (POST /v1/advice body, - for stdin): its id alone on stdout; with --wait, progress on stderr and
+    the recommendation, the runner-up, the verdict and the compute spent on stdout."""
+    lab = _client(args)
+    created = lab.advise(_read_json_object(args.file))
+    say(f"advice {created.id}: {len(created.lr_finders)} range tests first")
+    print(created.id, flush=True)
+    if not args.wait:
+        return 0
+    advice = lab.wait_advice(created.id, poll=args.poll)
+    if advice.status != "succeeded":
+        say(f"advice {advice.id} {advice.status.value}{f': {advice.error}' if advice.error else ''}")
+        return EXIT_FAILED
+    for title, found in (("recommendation", advice.recommendation), ("runner-up", advice.runner_up)):
+        if found is not None:
+            acc = found.val_accuracy
+            spread = f" ± {acc.std:.4f}" if acc.std is not None else ""
+            mean = f"{acc.mean:.4f}" if acc.mean is not None else "-"
+            print(f"{title}: {found.label}  best val_accuracy {mean}{spread} over {acc.n} seeds")
+    if advice.verdict is not None:
+        print(f"verdict: {advice.verdict.statement}")
+    c = advice.compute
+    print(f"compute: {c.epochs_trained:.0f} epochs, {c.fraction or 0:.0%} of a {c.full_grid_epochs}-epoch full grid")
+    if advice.recommendation is not None:
+        print("run it: " + json.dumps(advice.recommendation.spec.model_dump(mode="json")))
+    return 0
+
+
 def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def add_commands(sub: Any) -> None:
-    """submit, watch, compare, runs, cancel and pbt, on the `lrlab` parser's sub-parsers."""
+    """submit, watch, compare, runs, cancel, advise and pbt, on the `lrlab` parser's sub-parsers."""
 
     def remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--url", default=None, help="API address (default $LRLAB_URL or http://127.0.0.1:8000)")
@@ -276,6 +304,11 @@ def add_commands(sub: Any) -> None:
     cn = remote(sub.add_parser("cancel", help="Cancel a run."))
     cn.add_argument("run_id")
     cn.set_defaults(func=cmd_cancel)
+
+    ad = remote(sub.add_parser("advise", help="Which optimizer and lr: range tests, a search, replicates, a verdict."))
+    ad.add_argument("file", help="JSON advice request (POST /v1/advice body), or - for stdin")
+    ad.add_argument("--wait", action="store_true", help="wait; print the recommendation (exit 1 unless it succeeded)")
+    ad.set_defaults(func=cmd_advise)
 
     pbt = sub.add_parser("pbt", help="Population based training: submit, watch, the discovered schedule.")
     pbtsub = pbt.add_subparsers(dest="pbt_command", required=True)

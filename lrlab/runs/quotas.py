@@ -85,8 +85,9 @@ def check_active(session: Session, owner: str, adding: int, settings: Settings) 
         )
 
 
-def check_runs(session: Session, owner: str, specs: list[RunSpec], settings: Settings) -> None:
-    """Raise QuotaExceeded if these new runs would break the owner's limits (holding the owner's lock after)."""
+def check_runs(session: Session, owner: str, specs: list[RunSpec], settings: Settings, *, jobs: int = 0) -> None:
+    """Raise QuotaExceeded if these new runs (and `jobs` lr-finder jobs) would break the owner's limits (holding
+    the owner's lock after)."""
     uploaded = uploaded_samples(session, owner, specs)
     work = sum(s.epochs * samples(s.dataset, uploaded) for s in specs)
     if work > settings.max_request_work:
@@ -95,4 +96,4 @@ def check_runs(session: Session, owner: str, specs: list[RunSpec], settings: Set
             f" {settings.max_request_work:.3g} (LRLAB_MAX_REQUEST_WORK)",
             retry_after=3600,
         )
-    check_active(session, owner, len(specs), settings)
+    check_active(session, owner, len(specs) + jobs, settings)

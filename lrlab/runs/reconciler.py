@@ -2,8 +2,9 @@
 
 A pass requeues runs (and lr-finder jobs) whose lease expired, or ends them (cancelled when a cancel was asked
 for, failed at MAX_ATTEMPTS); sends what carries no stamp (a send that failed, a run handed back) and sends
-again what has waited longer than `redispatch_seconds` (a message the broker lost); and drops the checkpoints
-of finished runs. Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row
+again what has waited longer than `redispatch_seconds` (a message the broker lost); moves on every advice whose
+stage ended with nobody to move it on (lrlab.advice.pipeline.reconcile); and drops the checkpoints of finished
+runs. Rows are taken FOR UPDATE SKIP LOCKED, so reconcilers on many workers never act on one row
 twice, and what a step queues is stamped in its transaction and sent after its commit (lrlab.outbox).
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
 from lrlab import broker, outbox
+from lrlab.advice import pipeline as advice
 from lrlab.db import session_scope
 from lrlab.models import Checkpoint, LrFinder, Run, WorkerHeartbeat, utcnow
 from lrlab.outbox import Message
@@ -47,6 +49,7 @@ class Reconciled:
     lr_finders_failed: list[str] = field(default_factory=list)
     lr_finders_cancelled: list[str] = field(default_factory=list)
     lr_finders_dispatched: list[str] = field(default_factory=list)
+    advice_advanced: list[str] = field(default_factory=list)
     checkpoints_dropped: int = 0
 
     PARTS = (
@@ -58,6 +61,7 @@ class Reconciled:
         "lr_finders_failed",
         "lr_finders_cancelled",
         "lr_finders_dispatched",
+        "advice_advanced",
     )
 
     def __bool__(self) -> bool:
@@ -194,6 +198,9 @@ def reconcile(*, app: Celery | None = None, settings: Settings | None = None) ->
     with session_scope() as session:
         messages = _reconcile_lr_finders(session, settings, utcnow(), out)
     out.lr_finders_dispatched += outbox.send(messages, app=app)
+    # an advice whose stage ended with nobody to move it on (a run cancelled or failed here or by the api, a
+    # worker lost between an outcome and its advance): moved on now, each in a transaction of its own
+    out.advice_advanced = advice.reconcile(app=app)
     with session_scope() as session:
         # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
         out.checkpoints_dropped = session.execute(

@@ -32,7 +32,7 @@ class Grid(Strict):
     """Lists to combine; the cartesian product becomes one run per cell (at most 256 cells)."""
 
     optimizer: list[OptimizerSpec] | None = Field(
-        None, min_length=1, max_length=16, description="Optimizer objects, each with or without its own lr."
+        None, min_length=1, max_length=64, description="Optimizer objects, each with or without its own lr."
     )
     lr: list[Lr] | None = Field(None, min_length=1, max_length=64, description="Lands in each cell's optimizer.lr.")
     schedule: list[ScheduleSpec] | None = Field(None, min_length=1, max_length=16)

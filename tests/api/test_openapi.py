@@ -27,6 +27,8 @@ def codes(schema: dict[str, Any], method: str, path: str) -> set[int]:
         ("post", "/v1/experiments", {401, 404, 409, 413, 415, 422, 429, 503}),
         ("post", "/v1/lr-finder", {401, 404, 409, 413, 415, 422, 429, 503}),
         ("post", "/v1/pbt", {401, 404, 409, 413, 415, 422, 429, 503}),
+        ("post", "/v1/advice", {401, 404, 409, 413, 415, 422, 429, 503}),
+        ("post", "/v1/advice/{advice_id}/cancel", {401, 404, 409, 503}),
         ("post", "/v1/datasets", {401, 413, 415, 422, 429, 503}),
         ("get", "/v1/runs", {401, 422, 503}),
         ("get", "/v1/runs/{run_id}", {401, 404, 503}),
