@@ -22,6 +22,7 @@ PAGES = (
     "/compare",
     "/lr-finder/{job_id}",
     "/pbt/{pbt_id}",
+    "/advice/{advice_id}",
     "/datasets/{dataset_id}",
 )
 # Revalidate on every load (the ETag makes that a 304), so a new release is never mixed with a cached script.

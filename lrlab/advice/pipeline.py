@@ -184,12 +184,8 @@ def _start_search(session: Session, advice: Advice, request: AdviceCreate) -> li
         "grid": {"optimizer": cells},
     }
     stopping = plan.early_stopping(request.base.epochs)
-    # Successive halving in experiments is the search issue's (16); until ExperimentCreate takes it, every
-    # candidate trains the full budget and the view says so (search.early_stopping is null).
-    if stopping is not None and "early_stopping" in ExperimentCreate.model_fields:
+    if stopping is not None:
         body["early_stopping"] = stopping.model_dump(mode="json")
-    else:
-        stopping = None
     experiment, messages = _experiment(session, advice, body)
     advice.plan = {
         **advice.plan,

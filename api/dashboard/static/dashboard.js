@@ -1,5 +1,6 @@
 // Entry point: every page is the same HTML shell; this picks the view from location.pathname.
 
+import { advicePage } from "./advice.js";
 import { forgetKey, showKeyState } from "./api.js";
 import { comparePage, experimentPage } from "./compare.js";
 import { datasetPage } from "./datasets.js";
@@ -16,6 +17,7 @@ const ROUTES = [
   [/^\/compare$/, (app) => comparePage(app, (new URLSearchParams(location.search).get("runs") || "").split(",").filter(Boolean))],
   [/^\/lr-finder\/([^/]+)$/, (app, id) => lrFinderPage(app, id)],
   [/^\/pbt\/([^/]+)$/, (app, id) => pbtPage(app, id)],
+  [/^\/advice\/([^/]+)$/, (app, id) => advicePage(app, id)],
   [/^\/datasets\/([^/]+)$/, (app, id) => datasetPage(app, id)],
 ];
 

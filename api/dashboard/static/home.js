@@ -19,6 +19,7 @@ export async function homePage(app) {
   const experimentsBox = h("div", { class: "table-wrap" });
   const findersBox = h("div");
   const pbtsBox = h("div");
+  const adviceBox = h("div");
   const compareButton = h("button", { type: "button", class: "secondary", disabled: true }, "Compare selected");
   compareButton.addEventListener("click", () => {
     location.href = `/compare?runs=${[...selected].join(",")}`;
@@ -54,6 +55,7 @@ export async function homePage(app) {
         runsBox,
         h("h2", {}, "Experiments"),
         experimentsBox,
+        adviceBox,
         pbtsBox,
         findersBox,
       ),
@@ -63,11 +65,12 @@ export async function homePage(app) {
 
   async function refresh() {
     const q = new URLSearchParams({ limit: "50", ...Object.fromEntries(Object.entries(filters).filter(([, v]) => v)) });
-    const [runs, experiments, finders, pbts] = await Promise.all([
+    const [runs, experiments, finders, pbts, advice] = await Promise.all([
       api(`/v1/runs?${q}`),
       api("/v1/experiments?limit=20"),
       api("/v1/lr-finder?limit=10"),
       api("/v1/pbt?limit=10"),
+      api("/v1/advice?limit=10"),
     ]);
     runsBox.replaceChildren(runsTable(runs.data, selected, compareButton));
     experimentsBox.replaceChildren(experimentsTable(experiments.data));
@@ -77,7 +80,11 @@ export async function homePage(app) {
     pbtsBox.replaceChildren(
       ...(pbts.data.length ? [h("h2", {}, "Populations"), h("div", { class: "table-wrap" }, pbtsTable(pbts.data))] : []),
     );
-    const active = [...runs.data, ...experiments.data, ...finders.data, ...pbts.data].some((x) => !FINISHED.has(x.status));
+    adviceBox.replaceChildren(
+      ...(advice.data.length ? [h("h2", {}, "Advice"), h("div", { class: "table-wrap" }, adviceTable(advice.data))] : []),
+    );
+    const active = [...runs.data, ...experiments.data, ...finders.data, ...pbts.data, ...advice.data]
+      .some((x) => !FINISHED.has(x.status));
     clearTimeout(refresh.timer);
     if (active) refresh.timer = setTimeout(() => refresh().catch(() => {}), REFRESH_MS);
   }
@@ -133,6 +140,23 @@ function experimentsTable(experiments) {
         h("td", {}, Object.entries(e.counts).filter(([, n]) => n).map(([s, n]) =>
           h("span", { class: `count status-${s}` }, `${n} ${s}`))),
         h("td", {}, when(e.created_at)),
+      ))),
+  );
+}
+
+function adviceTable(list) {
+  return h("table", { dataset: { role: "advice" } },
+    h("thead", {}, h("tr", {},
+      h("th", {}, "name"), h("th", {}, "status"), h("th", {}, "stage"), h("th", {}, "recommendation"),
+      h("th", {}, "created"),
+    )),
+    h("tbody", {}, list.map((a) =>
+      h("tr", { dataset: { adviceId: a.id } },
+        h("td", {}, h("a", { href: `/advice/${a.id}` }, a.name), " ", h("span", { class: "muted mono" }, shortId(a.id))),
+        h("td", {}, statusBadge(a.status)),
+        h("td", {}, a.stage.replace("_", " ")),
+        h("td", {}, a.recommendation ? `${a.recommendation.label} · ${pct(a.recommendation.val_accuracy.mean)}` : "–"),
+        h("td", {}, when(a.created_at)),
       ))),
   );
 }
