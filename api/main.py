@@ -25,6 +25,7 @@ from api.routes import (
     metrics,
     pbt,
     runs,
+    searches,
 )
 from lrlab import __version__
 from lrlab.settings import get_settings
@@ -80,6 +81,7 @@ def create_app() -> FastAPI:
     app.include_router(compare.router)
     app.include_router(lr_finder.router)
     app.include_router(pbt.router)
+    app.include_router(searches.router)
     app.include_router(advice.router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.assets(), name="dashboard-assets")  # after /static/docs: that mount comes first

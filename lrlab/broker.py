@@ -16,6 +16,7 @@ TRAIN_RUN = "lrlab.train_run"
 FIND_LR = "lrlab.find_lr"
 TRAIN_PACK = "lrlab.train_pack"
 TRAIN_PBT = "lrlab.train_pbt"
+ADVANCE_SEARCH = "lrlab.advance_search"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

@@ -11,7 +11,8 @@ A send that fails (the broker is away) clears the stamps of what it stood for. T
 longer than LRLAB_REDISPATCH_SECONDS (a message the broker lost), by these same functions.
 
 The messages: one run (TRAIN_RUN), a fused pack of an experiment's runs (TRAIN_PACK), a fused population's
-round (TRAIN_PBT; sent member by member if it cannot be sent whole), one lr-finder job (FIND_LR).
+round (TRAIN_PBT; sent member by member if it cannot be sent whole), one lr-finder job (FIND_LR), a search's next
+step (ADVANCE_SEARCH: lrlab.search.driver.advance).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from lrlab import broker
 from lrlab.db import session_scope
-from lrlab.models import LrFinder, Run, utcnow
+from lrlab.models import LrFinder, Run, Search, utcnow
 from lrlab.runs.fusing import MAX_PACK_MEMBERS
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Message:
     task: str
     argument: str | list[str]  # the task's one argument: an id, or a pack's ids
     queue: str
-    table: type[Run] | type[LrFinder]
+    table: type[Run] | type[LrFinder] | type[Search]
     ids: tuple[str, ...]
     stamp: datetime
     member_by_member: bool = False  # a population's round that cannot be sent whole goes as one run per member
@@ -99,6 +100,12 @@ def population_round(
     return [Message(broker.TRAIN_RUN, run_id, queue, Run, (run_id,), stamp) for run_id in ids]
 
 
+def searches(session: Session, queued: Sequence[Queued]) -> list[Message]:
+    """One ADVANCE_SEARCH per search (lrlab.search.driver.advance: tell, ask, queue the next trials)."""
+    stamp = _stamp(session, Search, queued)
+    return [Message(broker.ADVANCE_SEARCH, s.id, s.queue, Search, (s.id,), stamp) for s in queued]
+
+
 def lr_finders(session: Session, queued: Sequence[Queued]) -> list[Message]:
     """One FIND_LR per lr-finder job."""
     stamp = _stamp(session, LrFinder, queued)
@@ -129,7 +136,9 @@ def send(messages: Iterable[Message], *, app: Celery | None = None) -> list[str]
     return sent
 
 
-def _stamp(session: Session, table: type[Run] | type[LrFinder], queued: Sequence[Queued | str]) -> datetime:
+def _stamp(
+    session: Session, table: type[Run] | type[LrFinder] | type[Search], queued: Sequence[Queued | str]
+) -> datetime:
     """`dispatched_at = now` for these rows: set on the ORM objects given, by UPDATE for rows named by id."""
     stamp = utcnow()
     ids = []

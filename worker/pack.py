@@ -23,6 +23,7 @@ from lrlab.db import session_scope
 from lrlab.models import Run, new_id
 from lrlab.runs import leases
 from lrlab.schemas import RunStatus
+from lrlab.search import driver as searches
 from lrlab.settings import get_settings
 from worker import steps
 from worker.halving import halving_for
@@ -113,3 +114,4 @@ def _train(claims: list[leases.Claim], configs: list[trainer.RunConfig]) -> None
             continue
         stopped_at = halving.stopped_at(claim.run_id) if halving is not None else None
         steps.record_run(claim.run_id, claim.token, functools.partial(steps.outcome, claim.run_id, result, stopped_at))
+    searches.follow(ids)  # a search's trials: tell them, ask the next batch

@@ -13,6 +13,7 @@ from sqlalchemy import update
 import trainer
 from lrlab.models import Run
 from lrlab.runs import leases
+from lrlab.search import driver as searches
 from lrlab.settings import get_settings
 from lrlab.storage import StorageError
 from worker import steps
@@ -66,6 +67,7 @@ def train(claim: leases.Claim) -> None:
     stopped_at = halving.stopped_at(run_id) if halving is not None else None
     if steps.record_run(run_id, claim.token, functools.partial(steps.outcome, run_id, result, stopped_at)):
         log.info("run %s %s after %d epochs", run_id, result.status, len(result.points))
+        searches.follow([run_id])  # a search's trial: tell it, ask the next
 
 
 def _on_point(progress: ProgressWriter, halving: Halving | None, run_id: str, point: dict[str, Any]) -> None:

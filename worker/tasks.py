@@ -8,7 +8,7 @@ from typing import Any
 from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
-from lrlab.broker import FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
+from lrlab.broker import ADVANCE_SEARCH, FIND_LR, TRAIN_PACK, TRAIN_PBT, TRAIN_RUN
 from lrlab.logs import run_context
 from worker import progress
 from worker.app import app
@@ -77,6 +77,15 @@ def train_pack(self, run_ids: list[str]) -> None:  # type: ignore[no-untyped-def
 
     with run_context(",".join(run_ids)), held():  # a pack's lines are about all of its runs
         pack.train_pack(run_ids, _worker(self))  # claims what it can fuse, sends the rest on
+
+
+@app.task(name=ADVANCE_SEARCH, **TASK_OPTIONS)
+def advance_search(self, search_id: str) -> None:  # type: ignore[no-untyped-def]
+    _not_while_shutting_down()
+    from lrlab.search import driver
+
+    with run_context(search_id):
+        driver.advance(search_id)  # tell what ended, ask the next trials, queue their runs
 
 
 @app.task(name=TRAIN_PBT, **TASK_OPTIONS)

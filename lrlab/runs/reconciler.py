@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from lrlab import broker, outbox
 from lrlab.advice import pipeline as advice
 from lrlab.db import session_scope
-from lrlab.models import Checkpoint, LrFinder, Run, WorkerHeartbeat, utcnow
+from lrlab.models import Checkpoint, LrFinder, Run, Search, WorkerHeartbeat, utcnow
 from lrlab.outbox import Message
 from lrlab.runs.leases import MAX_ATTEMPTS, QUEUED, RUNNING
 from lrlab.schemas import RunStatus
@@ -49,6 +49,7 @@ class Reconciled:
     lr_finders_failed: list[str] = field(default_factory=list)
     lr_finders_cancelled: list[str] = field(default_factory=list)
     lr_finders_dispatched: list[str] = field(default_factory=list)
+    searches_dispatched: list[str] = field(default_factory=list)
     advice_advanced: list[str] = field(default_factory=list)
     checkpoints_dropped: int = 0
 
@@ -61,6 +62,7 @@ class Reconciled:
         "lr_finders_failed",
         "lr_finders_cancelled",
         "lr_finders_dispatched",
+        "searches_dispatched",
         "advice_advanced",
     )
 
@@ -180,6 +182,26 @@ def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, o
     return messages + outbox.lr_finders(session, unsent)
 
 
+def _resend_searches(session: Session, settings: Settings, now: datetime) -> list[Message]:
+    """Searches not finished that have not moved for `redispatch_seconds` (or whose first message was never
+    sent): an advance for each. One that finds nothing to do is harmless; one after a lost worker or api tells
+    what ended and asks what is missing (lrlab.search.driver)."""
+    rows = session.scalars(
+        select(Search)
+        .where(
+            Search.status.in_((QUEUED, RUNNING)),
+            or_(
+                and_(Search.dispatched_at.is_(None), Search.created_at < now - timedelta(seconds=OUTBOX_GRACE_SECONDS)),
+                Search.dispatched_at < now - timedelta(seconds=settings.redispatch_seconds),
+            ),
+        )
+        .order_by(Search.created_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return outbox.searches(session, rows)
+
+
 def reconcile(*, app: Celery | None = None, settings: Settings | None = None) -> Reconciled:
     """One pass: expired leases, the outbox, lost messages, orphaned lr-finder jobs, checkpoints of finished runs.
 
@@ -201,6 +223,9 @@ def reconcile(*, app: Celery | None = None, settings: Settings | None = None) ->
     # an advice whose stage ended with nobody to move it on (a run cancelled or failed here or by the api, a
     # worker lost between an outcome and its advance): moved on now, each in a transaction of its own
     out.advice_advanced = advice.reconcile(app=app)
+    with session_scope() as session:
+        messages = _resend_searches(session, settings, utcnow())
+    out.searches_dispatched += outbox.send(messages, app=app)
     with session_scope() as session:
         # a run cancelled while queued after a requeue keeps the checkpoint its last worker left
         out.checkpoints_dropped = session.execute(

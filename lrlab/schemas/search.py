@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import types
 import typing
+from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import MAX_EPOCHS, OPTIMIZER_SCHEMAS, RunSpec, Strict
 
 MAX_SPACE_KEYS = 16
@@ -309,3 +311,52 @@ class SearchCreate(Strict):
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if self.metric == "val_accuracy" else "minimize"
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+SearchStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TrialState = Literal["running", "complete", "pruned", "failed", "waiting"]
+
+
+class SearchCreated(BaseModel):
+    id: str
+    study_name: str = Field(
+        description="The Optuna study in lrlab's database: optuna.load_study(study_name=..., storage=<its URL>)."
+    )
+
+
+class TrialPublic(BaseModel):
+    """One trial: what Optuna asked and was told, and the run that trained it."""
+
+    number: int = Field(description="The trial's number in the study.")
+    state: TrialState = Field(description="Optuna's: complete, pruned (stopped early or diverged), failed, running.")
+    params: dict[str, Any]
+    value: float | None = Field(None, description="What the study was told (pruned: the last epoch's value).")
+    run_id: str | None = Field(None, description="None for a moment after it was asked, or when it made no valid run.")
+    status: RunStatus | None = None
+    epochs_completed: int | None = None
+    finished_at: datetime | None = None
+
+
+class SearchPublic(BaseModel):
+    id: str
+    name: str
+    status: SearchStatus
+    spec: SearchCreate
+    study_name: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    cancel_requested: bool = False
+    trials: list[TrialPublic] = Field(default_factory=list, description="Empty in GET /v1/searches (the list).")
+    best: TrialPublic | None = Field(None, description="The best complete trial so far (pruned ones trained less).")
+    importances: dict[str, float] = Field(
+        default_factory=dict, description="Optuna's parameter importances over the complete trials (two at least)."
+    )
+
+
+class SearchesPublic(BaseModel):
+    data: list[SearchPublic]
+    next_cursor: str | None = None

@@ -26,7 +26,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from lrlab.schemas.search import Choice, Distribution, IntRange, LogUniform, SearchCreate, apply_params
 from lrlab.schemas.spec import RunSpec
@@ -48,6 +50,7 @@ TELLABLE: dict[str, TrialState] = {
 optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
 INVALID_ATTR = "lrlab_invalid"  # a failed trial's reason when its configuration made no valid run spec
+OPTUNA_SETUP_LOCK = 0x1A1AB0018  # any constant (lrlab.migrate's is ...17): Optuna's first set-up takes turns
 MAX_ASK_ATTEMPTS = 4  # per trial wanted: asks that make an invalid spec are told failed and asked again
 
 
@@ -80,15 +83,34 @@ def storage(url: str) -> optuna.storages.RDBStorage:
     """The process's Optuna storage for `url` (one engine per URL, as lrlab.db keeps its own)."""
     with _storages_lock:
         if url not in _storages:
-            if url.startswith("sqlite"):
-                # lrlab's engine puts the file in WAL mode (it persists): api, worker and Optuna read beside a writer
-                found = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-                _write_lock_first(found.engine)
-            else:
-                kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
-                found = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-            _storages[url] = found
+            _storages[url] = _open(url)
         return _storages[url]
+
+
+def _open(url: str) -> optuna.storages.RDBStorage:
+    """Optuna creates its tables (and, on Postgres, enum types) the first time any process opens the storage:
+    two processes doing it at once collide (`studydirection` already exists). On Postgres they take turns on an
+    advisory lock; on SQLite a second try finds the tables made."""
+    if url.startswith("sqlite"):
+        # lrlab's engine puts the file in WAL mode (it persists): api, worker and Optuna read beside a writer
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+        try:
+            found = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError):
+            found = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        _write_lock_first(found.engine)
+        return found
+    kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+    locker = create_engine(url, poolclass=NullPool)
+    try:
+        with locker.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": OPTUNA_SETUP_LOCK})
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": OPTUNA_SETUP_LOCK})
+    finally:
+        locker.dispose()
 
 
 def _write_lock_first(engine: Engine) -> None:

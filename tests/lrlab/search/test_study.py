@@ -178,3 +178,27 @@ def test_ask_tells_a_clashing_configuration_failed(url: str) -> None:
     loaded = optuna.load_study(study_name="s", storage=url)
     failed = [t for t in loaded.trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all("nesterov needs momentum" in t.user_attrs[driver.INVALID_ATTR] for t in failed)
+
+
+@pytest.mark.service
+def test_first_open_by_many_processes_at_once(services: None) -> None:
+    """Optuna makes its tables on first open: api and worker doing it at once must not collide (Postgres enums)."""
+    from tests.conftest import private_database
+
+    with private_database() as fresh:
+        errors: list[str] = []
+        barrier = threading.Barrier(4)
+
+        def _open() -> None:
+            barrier.wait()
+            try:
+                driver._open(fresh).engine.dispose()
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=_open) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
