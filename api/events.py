@@ -39,17 +39,25 @@ log = logging.getLogger(__name__)
 CHANNEL = "lrlab_run"
 READS_AT_ONCE = 4  # reads for streams use this many pooled connections at most, leaving the rest to requests
 TAIL = 256  # points a feed keeps: a stream further behind reads its own
+PAGE = 1000  # points a stream behind the tail reads at a time: a long curve is replayed without being held whole
 
 
-def read_run(run_id: str, after_epoch: int) -> tuple[list[dict[str, Any]], str]:
-    """The run's points after `after_epoch` and its status, in one short session.
+def read_run(
+    run_id: str, after_epoch: int, limit: int, *, newest: bool = False
+) -> tuple[list[dict[str, Any]], str, bool]:
+    """At most `limit` of the run's points after `after_epoch` (the first ones, or with `newest` the last ones),
+    its status, and whether those are all its points after `after_epoch`; in one short session.
 
     Status first: once it reads finished, every point was committed before it, so the point read sees them all.
     A run deleted meanwhile reads as failed.
     """
     with session_scope() as s:
         status = s.scalar(select(Run.status).where(Run.id == run_id))
-        return store.points(s, run_id, after_epoch), status or RunStatus.failed.value
+        points = store.points(s, run_id, after_epoch, limit + 1, newest=newest)
+    complete = len(points) <= limit
+    if not complete:
+        points = points[1:] if newest else points[:limit]
+    return points, status or RunStatus.failed.value, complete
 
 
 @dataclass(eq=False)
@@ -69,10 +77,17 @@ class Feed:
         """Whether the tail holds every point after `after_epoch`."""
         return after_epoch >= (self.tail[0]["epoch"] - 1 if self.tail else self.last_epoch)
 
-    def merge(self, began_at: int, after_epoch: int, points: list[dict[str, Any]], status: str) -> None:
-        """Take a read that began when `began_at` changes were notified, if it is newer and joins the tail."""
+    def merge(
+        self, began_at: int, after_epoch: int, points: list[dict[str, Any]], status: str, complete: bool = True
+    ) -> None:
+        """Take a read that began when `began_at` changes were notified, if it is newer and joins the tail.
+
+        An incomplete read holds only the newest points after `after_epoch`: the tail starts again with them.
+        """
         if began_at < self.read_after or after_epoch > self.last_epoch:
             return
+        if not complete:
+            self.tail.clear()
         for p in points:
             if p["epoch"] > self.last_epoch:
                 self.tail.append(p)
@@ -149,10 +164,12 @@ class EventHub:
             if not self._per_owner[stream.owner]:
                 del self._per_owner[stream.owner]
 
-    async def since(self, stream: Stream, after_epoch: int, changes: int) -> tuple[list[dict[str, Any]], str]:
-        """The run's points after `after_epoch` and its status, as read after the first `changes` changes.
+    async def since(self, stream: Stream, after_epoch: int, changes: int) -> tuple[list[dict[str, Any]], str, bool]:
+        """The run's points after `after_epoch` and its status, as read after the first `changes` changes, and
+        whether more points follow (then the status is not final yet: ask again at once, after the last point).
 
-        One read serves every stream of the run woken by the same change; a stream behind the tail reads alone.
+        One read serves every stream of the run woken by the same change; a stream behind the tail reads alone,
+        PAGE points at a time.
         """
         feed = stream.feed
         while feed.read_after < changes:
@@ -161,23 +178,27 @@ class EventHub:
                 feed.reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # read by its waiters
             await asyncio.shield(feed.reading)
         if feed.covers(after_epoch):
-            return [p for p in feed.tail if p["epoch"] > after_epoch], feed.status
+            return [p for p in feed.tail if p["epoch"] > after_epoch], feed.status, False
         began_at = feed.changes
-        points, status = await self._read(feed.run_id, after_epoch)
-        feed.merge(began_at, after_epoch, points, status)
-        return points, status
+        points, status, complete = await self._read(feed.run_id, after_epoch, PAGE)
+        if complete:
+            feed.merge(began_at, after_epoch, points, status)
+        return points, status, not complete
 
     async def _refresh(self, feed: Feed) -> None:
+        """Bring the feed up to date: its status and at most the newest TAIL points (not a long curve whole)."""
         began_at, after_epoch = feed.changes, feed.last_epoch
         try:
-            points, status = await self._read(feed.run_id, after_epoch)
-            feed.merge(began_at, after_epoch, points, status)
+            points, status, complete = await self._read(feed.run_id, after_epoch, TAIL, newest=True)
+            feed.merge(began_at, after_epoch, points, status, complete)
         finally:
             feed.reading = None
 
-    async def _read(self, run_id: str, after_epoch: int) -> tuple[list[dict[str, Any]], str]:
+    async def _read(
+        self, run_id: str, after_epoch: int, limit: int, *, newest: bool = False
+    ) -> tuple[list[dict[str, Any]], str, bool]:
         async with self._reads:
-            return await run_in_threadpool(read_run, run_id, after_epoch)
+            return await run_in_threadpool(read_run, run_id, after_epoch, limit, newest=newest)
 
     def _changed(self, run_id: str) -> None:
         feed = self._feeds.get(run_id)

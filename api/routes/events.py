@@ -38,13 +38,17 @@ async def _events(hub: EventHub, stream: Stream, request: Request) -> AsyncItera
             yield _sse("error", detail(["header", "authorization"], "the API key was revoked", "unauthorized"))
             return
         try:
-            points, status = await hub.since(stream, last_epoch, changes)
+            points, status, more = await hub.since(stream, last_epoch, changes)
         except SQLAlchemyError as exc:  # down or busy: the stream stays open and reads again at the next wake
             log.warning("event stream for run %s could not read the store: %s", stream.feed.run_id, exc)
         else:
-            for p in points:
-                yield _sse("point", p)
-                last_epoch = p["epoch"]
+            if points:  # one chunk for what one read brought, not one send per point
+                yield "".join(_sse("point", p) for p in points)
+                last_epoch = points[-1]["epoch"]
+            if more:  # a long curve, a page at a time: the next page now
+                if await request.is_disconnected():
+                    return
+                continue
             if status != last_status:
                 yield _sse("status", {"status": status})
                 last_status = status

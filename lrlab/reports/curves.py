@@ -34,13 +34,14 @@ def _record(fields: Sequence[str]) -> np.dtype:
 
 
 def _packed_sql(fields: Sequence[str]) -> str:
-    """Per run: one bytea of fixed-size records in epoch order (epoch, NULL mask, the fields as float8)."""
+    """Per run: one bytea of fixed-size records (epoch, NULL mask, the fields as float8). Each record carries its
+    epoch, so the aggregate need not sort (a third of the query's time): the records are put in order after."""
     null_mask = " + ".join(f"{1 << i} * ({f} IS NULL)::int" for i, f in enumerate(fields))
     packed = f"int4send(epoch) || set_byte('\\x00'::bytea, 0, {null_mask}) || " + " || ".join(
         f"float8send(coalesce({f}, 0))" for f in fields
     )
     return (
-        f"SELECT run_id, string_agg({packed}, ''::bytea ORDER BY epoch),"
+        f"SELECT run_id, string_agg({packed}, ''::bytea),"
         f" array_agg(epoch ORDER BY epoch) FILTER (WHERE {_FLAGGED}),"
         f" array_agg(nonfinite::text ORDER BY epoch) FILTER (WHERE {_FLAGGED})"
         " FROM curve_point WHERE run_id = ANY(%(ids)s) GROUP BY run_id"
@@ -107,6 +108,9 @@ def _decode(
 ) -> Curve:
     records = np.frombuffer(packed, _record(fields))
     epoch = records["epoch"].astype(np.int64)
+    if len(epoch) > 1 and not bool(np.all(epoch[1:] > epoch[:-1])):
+        order = np.argsort(epoch, kind="stable")
+        records, epoch = records[order], epoch[order]
     columns = {f: records[f].astype(np.float64) for f in fields}
     flags: dict[int, list[str]] = {}
     if flagged_epochs:

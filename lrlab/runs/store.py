@@ -189,12 +189,38 @@ def point_public(row: CurvePoint) -> dict[str, Any]:
     }
 
 
-def points(session: Session, run_id: str, after_epoch: int = 0) -> list[dict[str, Any]]:
-    """The run's points in epoch order; `after_epoch` skips the ones a caller already has (in SQL)."""
-    rows = session.scalars(
-        select(CurvePoint).where(CurvePoint.run_id == run_id, CurvePoint.epoch > after_epoch).order_by(CurvePoint.epoch)
+_POINT_COLUMNS = (CurvePoint.epoch, *(getattr(CurvePoint, f) for f in (*POINT_FIELDS, "lr", "seconds")))
+
+
+def _point(row: Any) -> dict[str, Any]:
+    """A point_public dict from a plain row; a value stored not finite (by a writer other than point_row's) is
+    None and named in `nonfinite`, as point_row would have stored it."""
+    point = dict(zip(("epoch", *POINT_FIELDS, "lr", "seconds"), row[:-1], strict=True))
+    flags = list(row[-1] or [])
+    for field in POINT_FIELDS:
+        value = point[field]
+        if value is not None and not math.isfinite(value):
+            point[field] = None
+            if field not in flags:
+                flags.append(field)
+    point["nonfinite"] = flags
+    return point
+
+
+def points(
+    session: Session, run_id: str, after_epoch: int = 0, limit: int | None = None, *, newest: bool = False
+) -> list[dict[str, Any]]:
+    """The run's points in epoch order, as plain rows (no ORM objects); `after_epoch` skips the ones a caller
+    already has and `limit` caps how many come back, the first ones or with `newest` the last ones (all in SQL:
+    a long curve can be read a page at a time)."""
+    query = select(*_POINT_COLUMNS, CurvePoint.nonfinite).where(
+        CurvePoint.run_id == run_id, CurvePoint.epoch > after_epoch
     )
-    return [point_public(r) for r in rows]
+    query = query.order_by(CurvePoint.epoch.desc() if newest else CurvePoint.epoch)
+    if limit is not None:
+        query = query.limit(limit)
+    out = [_point(row) for row in session.execute(query)]
+    return out[::-1] if newest else out
 
 
 # --- status changes -----------------------------------------------------------------------------

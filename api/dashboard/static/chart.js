@@ -42,6 +42,17 @@ export function formatNumber(v, digits = 4) {
 
 const finite = (v) => typeof v === "number" && Number.isFinite(v);
 
+/** [min, max] of an array of any length (Math.min(...values) overflows the call stack past ~100k values). */
+export function extent(values) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
+}
+
 function makeScale(domain, range, log) {
   const t = log ? Math.log10 : (v) => v;
   const [d0, d1] = domain.map(t);
@@ -166,15 +177,17 @@ export class LineChart {
       .filter((y) => this.usable(y, this.yLog))
       .map((y) => (yMax ? Math.min(y, yMax) : y)); // above yMax runs off the top (clipped), not squashing the rest
     let x;
+    const [x0, x1] = extent(xs);
     if (xDomain) x = xDomain;
     else if (!xs.length) x = xLog ? [1e-4, 1] : [1, 2];
-    else if (xLog) x = logDomain(Math.min(...xs), Math.max(...xs));
-    else x = [Math.min(...xs), Math.max(Math.max(...xs), Math.min(...xs) + (integerX ? 1 : 1e-9))];
+    else if (xLog) x = logDomain(x0, x1);
+    else x = [x0, Math.max(x1, x0 + (integerX ? 1 : 1e-9))];
     let y;
+    const [y0, y1] = extent(ys);
     if (!ys.length) y = this.yLog ? [0.1, 10] : [0, 1];
-    else if (this.yLog) y = logDomain(Math.min(...ys), Math.max(...ys));
+    else if (this.yLog) y = logDomain(y0, y1);
     else {
-      y = niceLinearDomain(Math.min(...ys), Math.max(...ys));
+      y = niceLinearDomain(y0, y1);
       if (yClamp) y = [Math.max(y[0], yClamp[0]), Math.min(y[1], yClamp[1])];
     }
     return { x, y };

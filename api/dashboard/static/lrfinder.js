@@ -2,7 +2,7 @@
 // listed with a link that starts a grid over it, and every rule's suggestion with its rule.
 
 import { api } from "./api.js";
-import { LineChart, PALETTE } from "./chart.js";
+import { LineChart, PALETTE, extent } from "./chart.js";
 import { FINISHED, datasetRef, facts, fmt, h, params, setTitle, shortId, sleep, statusBadge } from "./dom.js";
 
 const POLL_MS = 1000;
@@ -40,7 +40,7 @@ function render(job, header, side, chart) {
   ];
   // The raw loss explodes at the end of a sweep; cap the axis where the smoothed loss tops out.
   const smoothed = job.points.map((p) => p.smoothed_loss).filter((v) => v !== null);
-  chart.opts.yMax = smoothed.length ? 1.25 * Math.max(...smoothed) : undefined;
+  chart.opts.yMax = smoothed.length ? 1.25 * extent(smoothed)[1] : undefined;
   const markers = job.suggested_lr ? [{ x: job.suggested_lr, label: `suggested lr ${fmt(job.suggested_lr, 3)}` }] : [];
   chart.setData(series, markers);
 

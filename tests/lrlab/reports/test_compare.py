@@ -99,7 +99,9 @@ def dsn() -> str:
     return get_settings().database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def write_experiment(seed: int, configs: int, seeds: int, epochs: int, *, values: Any = None) -> str:
+def write_experiment(
+    seed: int, configs: int, seeds: int, epochs: int, *, values: Any = None, shuffle: bool = False
+) -> str:
     """An experiment of configs x seeds runs with noisy curves (gaps, missing values, quantized accuracies, a
     diverged run, a failed one, an empty one), every row inserted with plain SQL."""
     rng = random.Random(seed)
@@ -140,14 +142,17 @@ def write_experiment(seed: int, configs: int, seeds: int, epochs: int, *, values
                     ),
                 )
                 n = 0 if i == 3 else rng.randint(epochs // 2, epochs)
-                epoch = 0
+                epoch, rows = 0, []
                 for _ in range(n):
                     epoch += rng.choice((1, 1, 1, 3))
-                    point = values(rng, epoch) if values else noisy(rng, epoch)
+                    rows.append((run_id, epoch, *(values(rng, epoch) if values else noisy(rng, epoch))))
+                if shuffle:  # stored in no particular order (a resumed run rewrites its later epochs, ...)
+                    rng.shuffle(rows)
+                for values_row in rows:
                     conn.execute(
                         "INSERT INTO curve_point (run_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy,"
                         " lr, seconds, nonfinite) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (run_id, epoch, *point),
+                        values_row,
                     )
     return exp_id
 
@@ -184,6 +189,14 @@ def test_comparison_equals_the_reference_path(service_env: dict[str, str], query
         want = reference_compare(s, runs, **query)
     assert got == want
     assert got["groups"] and got["verdict"] and any(g["epochs"] for g in got["groups"])
+
+
+def test_comparison_of_rows_stored_out_of_order(service_env: dict[str, str]) -> None:
+    exp_id = write_experiment(6, configs=2, seeds=3, epochs=40, shuffle=True)
+    with session_scope() as s:
+        runs = runs_of(s, exp_id)
+        for query in QUERIES[:3]:
+            assert json.loads(b"".join(compare.compare(s, runs, **query))) == reference_compare(s, runs, **query)
 
 
 def test_comparison_without_replicates_has_no_groups(service_env: dict[str, str]) -> None:
