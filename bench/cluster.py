@@ -1,8 +1,9 @@
 """lrlab across hosts: how long a lost host's run takes to resume, and throughput with one vs two worker hosts.
 
 Builds hosts as Linux network namespaces (tests/cluster.py; root needed): the api on one, workers on two others,
-each with its own empty data dir, Postgres, Redis and the S3 store (a moto server) reached over the veth
-network through forwarders; the deployment is the one tests/multihost/test_hosts.py runs (tests/multihost/stack.py).
+each with its own empty data dir, Postgres, Redis and the S3 store (a moto server, LRLAB_STORAGE_URL=s3://...)
+reached over the veth network through forwarders: the deployment tests/multihost/test_hosts.py runs
+(tests/multihost/stack.py).
 Measured side by side in one invocation:
 
   throughput  R runs of E epochs (separate, digits, an MLP) submitted at once, until the last one ends: with one
@@ -118,8 +119,9 @@ def deployment(settings: dict[str, str], moto: MotoServer, logs: Path) -> Iterat
         "redis": ("127.0.0.1", int(stack.REDIS_HOST.rsplit(":", 1)[1])),
         "s3": ("127.0.0.1", moto.port),
     }
+    storage = {**moto.env(), "LRLAB_STORAGE_URL": f"s3://{moto.create_bucket()}/bench"}
     with stack.private_services() as services, cluster.Cluster(hosts=3, forward=forward) as lab:
-        bench = Lab(lab, services, settings, logs)
+        bench = Lab(lab, {**services, **storage}, settings, logs)
         try:
             bench.start()
             yield bench

@@ -1,13 +1,20 @@
 """lrlab across hosts (issue 17 #2): the api on one host, two workers on two others, each with its own empty data
-dir, everything over the veth network; one worker's host is cut off mid-run and its work resumes on the other.
+dir, everything (Postgres, Redis, the S3 store) over the veth network; uploaded datasets and population
+checkpoints in the S3 store (a moto server), no disk shared between hosts.
+
+One scenario: a distributed population, a fused grid and a run on an uploaded dataset train across the two
+worker hosts; the host training the uploaded-dataset run is cut off mid-run (link down). Its work resumes on
+the other host, which fetches the dataset from the store into its own empty cache; every run succeeds with each
+epoch stored exactly once. When the link comes back, the stale worker writes nothing: no curve point, no run
+row, no object in the store.
 
 Postgres records which host wrote each curve point (a trigger reads `application_name`, which each host sets
-to its hostname), so the test can say that every epoch is stored exactly once, that the cut host's runs went on
-from the other host, and that once its link is back the stale worker writes nothing.
+to its hostname: tests/multihost/stack.py).
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 
@@ -35,6 +43,7 @@ SETTINGS = {
     "LRLAB_TORCH_THREADS": "1",
     "LRLAB_LOG_LEVEL": "INFO",
 }
+FINISHED = ("succeeded", "failed", "cancelled", "diverged")
 
 
 @dataclass
@@ -44,7 +53,15 @@ class Deployment:
     base: str
     key: str
     logs: Path
+    moto: MotoServer
+    bucket: str
     procs: dict[str, Any] = field(default_factory=dict)
+
+    def data_dir(self, host: cluster.Host) -> Path:
+        return self.logs / host.hostname / "data"
+
+    def objects(self) -> dict[str, bytes]:
+        return self.moto.objects(self.bucket)
 
     @property
     def api(self) -> cluster.Host:
@@ -81,8 +98,10 @@ def deployment(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
         "redis": ("127.0.0.1", int(stack.REDIS_HOST.rsplit(":", 1)[1])),
         "s3": ("127.0.0.1", moto_server.port),
     }
+    bucket = moto_server.create_bucket()
+    storage = {**moto_server.env(), "LRLAB_STORAGE_URL": f"s3://{bucket}/lab"}
     with stack.private_services() as services, cluster.Cluster(hosts=3, forward=forward) as lab:
-        base_env = {**_clean_env(), **services, **SETTINGS}
+        base_env = {**_clean_env(), **services, **storage, **SETTINGS}
         api_host = lab.hosts[0]
         env = {h.hostname: stack.on_host(base_env, lab, h, root / h.hostname / "data") for h in lab.hosts}
         stack.migrate(api_host, env[api_host.hostname])
@@ -96,7 +115,7 @@ def deployment(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
             check=True,
         )
         key = made.stdout.strip().splitlines()[-1]
-        d = Deployment(lab, services["pg"], "", key, root)
+        d = Deployment(lab, services["pg"], "", key, root, moto_server, bucket)
         try:
             d.procs["api"], d.base = stack.start_api(api_host, env[api_host.hostname], root / "api.log")
             for host in d.workers:
@@ -128,62 +147,98 @@ def _runs(client: httpx.Client, ids: list[str]) -> list[dict[str, Any]]:
     return [client.get(f"/v1/runs/{i}").raise_for_status().json() for i in ids]
 
 
+def _npz(n: int = 3000, seed: int = 0) -> bytes:
+    """Three separable blobs in 16-D, n samples: an upload big enough for a few hundred milliseconds an epoch."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 16)).astype(np.float32) + 3 * np.eye(3, 16, dtype=np.float32)[y]
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    return buf.getvalue()
+
+
+def _host_of(d: Deployment, run_id: str) -> str:
+    (worker,) = d.query("SELECT worker FROM run WHERE id = %s", run_id)[0]
+    return str(worker).split("@", 1)[-1]
+
+
+def _cache_entries(d: Deployment, host: cluster.Host) -> set[str]:
+    cache = d.data_dir(host) / "datasets" / ".uploads"
+    return {p.name for p in cache.iterdir() if not p.name.startswith(".")} if cache.is_dir() else set()
+
+
 def test_work_resumes_on_the_other_host_when_one_is_cut_off(deployment: Deployment) -> None:
-    d, epochs = deployment, 300
+    d = deployment
+    digits = {"dataset": "digits", "model": {"name": "mlp", "hidden": [64]}, "device": "cpu"}
     with d.client() as http:
-        base = {"dataset": "digits", "model": {"name": "mlp", "hidden": [64]}, "epochs": epochs, "device": "cpu"}
+        uploaded = http.post("/v1/datasets", files={"file": ("blobs.npz", _npz())}).raise_for_status().json()
+        assert set(d.objects()) == {f"lab/blobs/{uploaded['sha256'][:2]}/{uploaded['sha256']}"}
+        assert not (d.data_dir(d.api) / "blobs").exists()  # the api kept no copy
+        assert not any((d.data_dir(d.api) / "staging").iterdir())
+
+        population = {
+            "name": "across hosts",
+            "base": {**digits, "optimizer": {"name": "sgd", "lr": 0.05}},
+            "population": 4,
+            "epochs": 60,
+            "interval": 20,
+            "execution": "distributed",
+            "mutations": {"lr": {"log_uniform": [1e-3, 0.3]}},
+        }
+        pbt = http.post("/v1/pbt", json=population).raise_for_status().json()
+        upload_spec = {"dataset": {"id": uploaded["id"]}, "model": {"name": "mlp", "hidden": [64]}, "epochs": 150}
+        on_upload = http.post("/v1/runs", json={**upload_spec, "device": "cpu"}).raise_for_status().json()["id"]
         fused = (
             http.post(
                 "/v1/experiments",
-                json={"name": "fused grid", "base": base, "grid": {"lr": [0.01, 0.03, 0.1]}, "execution": "fused"},
+                json={
+                    "name": "fused",
+                    "base": {**digits, "epochs": 200},
+                    "grid": {"lr": [0.01, 0.1]},
+                    "execution": "fused",
+                },
             )
             .raise_for_status()
             .json()
         )
-        separate = (
-            http.post(
-                "/v1/experiments",
-                json={"name": "grid", "base": base, "grid": {"lr": [0.01, 0.1]}, "execution": "separate"},
-            )
-            .raise_for_status()
-            .json()
-        )
-        ids = fused["runs"] + separate["runs"]
+        members = [m["run_id"] for m in http.get(f"/v1/pbt/{pbt['id']}").raise_for_status().json()["members"]]
+        ids = [*members, on_upload, *fused["runs"]]
 
-        # Both worker hosts are training, then the one holding the fused grid is cut off.
-        hosts = {h.hostname for h in d.workers}
-        _wait(lambda: hosts <= set(d.writes_by_host()), 120, "both worker hosts to write curve points")
-        # ... and the fused grid has epochs left to train after the cut (its host is the one cut)
-        _wait(lambda: d.least_epoch(fused["runs"]) >= 10, 120, "the fused grid to train 10 epochs")
-        holder = d.query("SELECT worker FROM run WHERE id = %s", fused["runs"][0])[0][0].split("@", 1)[-1]
+        # The host training the uploaded-dataset run is cut off once it is well into it.
+        _wait(lambda: d.least_epoch([on_upload]) >= 10, 180, "the uploaded-dataset run to train 10 epochs")
+        holder = _host_of(d, on_upload)
         cut = next(h for h in d.workers if h.hostname == holder)
         other = next(h for h in d.workers if h is not cut)
+        assert cut.hostname != other.hostname and not _cache_entries(d, other)  # nothing of the upload there yet
         cut.cut()
         cut_at: datetime = d.query("SELECT clock_timestamp()")[0][0]
-        on_cut_host = [
-            r for (r,) in d.query("SELECT id FROM run WHERE worker LIKE %s AND status = 'running'", f"%@{holder}")
-        ]
-        assert set(fused["runs"]) <= set(on_cut_host)
+        held = [r for (r,) in d.query("SELECT id FROM run WHERE worker LIKE %s AND status = 'running'", f"%@{holder}")]
+        assert on_upload in held
 
         def finished() -> list[dict[str, Any]] | None:
             runs = _runs(http, ids)
-            return runs if all(r["status"] in ("succeeded", "failed", "cancelled") for r in runs) else None
+            return runs if all(r["status"] in FINISHED for r in runs) else None
 
-        done = _wait(finished, 300, "every run to finish")
+        done = _wait(finished, 420, "every run to finish")
         assert [r["status"] for r in done] == ["succeeded"] * len(ids), [(r["id"], r.get("error")) for r in done]
-        for run_id in ids:
-            assert d.epochs(run_id) == list(range(1, epochs + 1))  # each once: none lost, none twice
-        for run_id in on_cut_host:  # trained on from the other host after the cut
+        assert http.get(f"/v1/pbt/{pbt['id']}").json()["status"] == "succeeded"
+        for run in done:  # each epoch stored exactly once: none lost, none twice
+            assert d.epochs(run["id"]) == list(range(1, run["spec"]["epochs"] + 1)), run["id"]
+        for run_id in held:  # trained on from the other host after the cut
             after = d.query("SELECT DISTINCT host FROM curve_write WHERE run_id = %s AND at > %s", run_id, cut_at)
             assert after == [(other.hostname,)], (run_id, after)
-        resumed = d.query(
-            "SELECT min(at) - %s FROM curve_write WHERE run_id = ANY(%s) AND at > %s", cut_at, on_cut_host, cut_at
-        )
-        print("first epoch stored from the other host", resumed[0][0], "after the cut")
+        # the other host fetched the dataset from the store into its own, empty, cache
+        assert any(name.startswith(uploaded["sha256"]) for name in _cache_entries(d, other))
+        # the population trained on both hosts, its checkpoints between rounds in the store
+        member_hosts = d.query("SELECT DISTINCT host FROM curve_write WHERE run_id = ANY(%s)", members)
+        assert {h for (h,) in member_hosts} == {cut.hostname, other.hostname}
+        checkpoints = {k for k in d.objects() if k.startswith(f"lab/checkpoints/pbt/{pbt['id']}/")}
+        assert checkpoints == {f"lab/checkpoints/pbt/{pbt['id']}/{k}/60" for k in range(4)}  # the last ones kept
 
         # The link comes back: the stale worker finds its leases gone and writes nothing.
-        before = d.query("SELECT run_id, epoch, seconds, val_loss FROM curve_point ORDER BY 1, 2")
-        rows_before = _runs(http, ids)
+        points = d.query("SELECT run_id, epoch, seconds, val_loss FROM curve_point ORDER BY 1, 2")
+        rows = d.query("SELECT id, status, lease_token, finished_at, attempts, worker FROM run ORDER BY id")
+        objects = d.objects()
         cut.restore()
         restored_at = d.query("SELECT clock_timestamp()")[0][0]
         _wait(
@@ -197,7 +252,8 @@ def test_work_resumes_on_the_other_host_when_one_is_cut_off(deployment: Deployme
         )
         time.sleep(5)  # its progress writers' next transactions (every 0.5 s) and the end of its epoch
         assert d.query("SELECT count(*) FROM curve_write WHERE host = %s AND at > %s", holder, restored_at) == [(0,)]
-        assert d.query("SELECT run_id, epoch, seconds, val_loss FROM curve_point ORDER BY 1, 2") == before
-        assert _runs(http, ids) == rows_before
+        assert d.query("SELECT run_id, epoch, seconds, val_loss FROM curve_point ORDER BY 1, 2") == points
+        assert d.query("SELECT id, status, lease_token, finished_at, attempts, worker FROM run ORDER BY id") == rows
+        assert d.objects() == objects
         log = (d.logs / f"{holder}.log").read_text()
         assert "lease lost" in log, log[-3000:]
