@@ -40,6 +40,7 @@ from lrlab.schemas.experiments import (
     LrFinderPublic,
 )
 from lrlab.schemas.pbt import DiscoveredSchedule, PbtCreate, PbtCreated, PbtPublic, PbtsPublic
+from lrlab.schemas.search import SearchCreate, SearchCreated, SearchesPublic, SearchPublic
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -191,6 +192,54 @@ class Client:
         out = Path(path)
         out.write_bytes(self.pbt_chart(pbt_id, metric, fmt=out.suffix.lstrip(".") or "png"))
         return out
+
+    # --- searches ---------------------------------------------------------------------------------
+
+    def submit_search(
+        self, request: SearchCreate | dict[str, Any], *, idempotency_key: str | None = None
+    ) -> SearchCreated:
+        """Optuna asks `trials` configurations of `request["base"]` from its `space`; wait_search(id)."""
+        return self._post(SearchCreated, "/v1/searches", request, idempotency_key)
+
+    def search(self, search_id: str) -> SearchPublic:
+        return self._get(SearchPublic, f"/v1/searches/{search_id}")
+
+    def searches(self, *, limit: int = 20, cursor: str | None = None) -> SearchesPublic:
+        return self._get(SearchesPublic, "/v1/searches", limit=limit, cursor=cursor)
+
+    def cancel_search(self, search_id: str) -> SearchPublic:
+        return SearchPublic.model_validate(self._request("POST", f"/v1/searches/{search_id}/cancel").json())
+
+    def wait_search(
+        self, search_id: str, *, poll: float = 1.0, timeout: float | None = None, progress: bool = True
+    ) -> SearchPublic:
+        """Poll until the search is finished; a progress line on stderr whenever it moves."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        shown = None
+        while True:
+            found = self.search(search_id)
+            line = self.search_progress_line(found)
+            if progress and line != shown:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+                shown = line
+            if found.status not in ("queued", "running"):
+                return found
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"search {search_id} not finished after {timeout}s")
+            time.sleep(poll)
+
+    @staticmethod
+    def search_progress_line(search: SearchPublic) -> str:
+        """Trials told of those asked for, how many stopped early, and the best so far."""
+        told = [t for t in search.trials if t.state != "running"]
+        pruned = sum(t.state == "pruned" for t in told)
+        best = search.best
+        shown = "-" if best is None or best.value is None else f"{best.value:.4f} (trial {best.number}: {best.params})"
+        return (
+            f"search {search.id[:8]} {search.status}: {len(told)}/{search.spec.trials} trials told,"
+            f" {pruned} pruned; best {search.spec.metric} {shown}"
+        )
 
     # --- advice -----------------------------------------------------------------------------------
 

@@ -149,6 +149,53 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search_submit(args: argparse.Namespace) -> int:
+    """A search (SearchCreate JSON, - for stdin): its id alone on stdout, its study on stderr; --wait follows it."""
+    lab = _client(args)
+    created = lab.submit_search(_read_json_object(args.file))
+    say(f"search {created.id}: Optuna study {created.study_name}")
+    print(created.id, flush=True)
+    if not args.wait:
+        return 0
+    found = lab.wait_search(created.id, poll=args.poll)
+    _print_search(found)
+    return 0 if found.status == "succeeded" else EXIT_FAILED
+
+
+def cmd_search_watch(args: argparse.Namespace) -> int:
+    """A progress line whenever the search moves, then its trials, best first, and the importances."""
+    found = _client(args).wait_search(args.search_id, poll=args.poll)
+    _print_search(found)
+    return 0 if found.status == "succeeded" else EXIT_FAILED
+
+
+def _print_search(found: Any) -> None:
+    if found.error:
+        print(f"error: {found.error}")
+    reverse = found.spec.direction == "maximize"
+    ranked = sorted(found.trials, key=lambda t: (t.state != "complete", -(t.value or 0) if reverse else (t.value or 0)))
+    for t in ranked:
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        params = " ".join(f"{k}={_num(v)}" for k, v in t.params.items())
+        status = t.status.value if t.status is not None else "-"
+        print(f"  trial {t.number:>3}  {t.state:<8} {status:<9} {found.spec.metric} {value}  {params}")
+    if found.importances:
+        print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in found.importances.items()))
+
+
+def cmd_search_list(args: argparse.Namespace) -> int:
+    for s in _client(args).searches(limit=args.limit).data:
+        keys = ",".join(s.spec.space)
+        print(f"{s.id[:8]}  {s.status:<9}  {s.spec.trials} trials x {keys}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.name}")
+    return 0
+
+
+def cmd_search_cancel(args: argparse.Namespace) -> int:
+    found = _client(args).cancel_search(args.search_id)
+    print(f"{found.id} {found.status}")
+    return 0
+
+
 def cmd_pbt_submit(args: argparse.Namespace) -> int:
     """A population (PbtCreate JSON, - for stdin); prints its id alone on stdout, its size on stderr."""
     created = _client(args).submit_pbt(_read_json_object(args.file))
@@ -327,3 +374,19 @@ def add_commands(sub: Any) -> None:
     pc = remote(pbtsub.add_parser("cancel", help="Cancel a population (training members stop after their epoch)."))
     pc.add_argument("pbt_id")
     pc.set_defaults(func=cmd_pbt_cancel)
+
+    search = sub.add_parser("search", help="Model-based search (Optuna): submit, watch, list, cancel.")
+    searchsub = search.add_subparsers(dest="search_command", required=True)
+    ss = remote(searchsub.add_parser("submit", help="Submit a search; prints its id."))
+    ss.add_argument("file", help="JSON search (POST /v1/searches body), or - for stdin")
+    ss.add_argument("--wait", action="store_true", help="follow it; print its trials (exit 1 unless it succeeded)")
+    ss.set_defaults(func=cmd_search_submit)
+    sw = remote(searchsub.add_parser("watch", help="Progress until finished; the trials, best first."))
+    sw.add_argument("search_id")
+    sw.set_defaults(func=cmd_search_watch)
+    sl = remote(searchsub.add_parser("list", help="Recent searches."))
+    sl.add_argument("--limit", type=int, default=20)
+    sl.set_defaults(func=cmd_search_list)
+    sc = remote(searchsub.add_parser("cancel", help="Cancel a search (its training trials stop after their epoch)."))
+    sc.add_argument("search_id")
+    sc.set_defaults(func=cmd_search_cancel)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lrlab import outbox
@@ -91,53 +91,80 @@ def advance(search_id: str, url: str | None = None) -> None:
 
 
 def _lock(session: Session, search_id: str) -> None:
-    """The search's row, locked to the end of the transaction: advances and cancels take turns (an UPDATE
-    takes Postgres's row lock and SQLite's write lock alike)."""
-    session.execute(update(Search).where(Search.id == search_id).values(dispatched_at=Search.dispatched_at))
+    """The search's row, locked to the end of the transaction on Postgres: advances and cancels take turns.
+
+    On SQLite there is no row lock, and the database's write lock must not be held across Optuna's own
+    transactions (they would wait for it, on another connection of the same process): an advance does all its
+    Optuna work first and writes lrlab's rows after. The embedded worker advances one search at a time, and
+    run.(search_id, trial) is unique, so a trial never gets two runs.
+    """
+    session.execute(select(Search.id).where(Search.id == search_id).with_for_update())
+
+
+@dataclass
+class _Plan:
+    """What an advance found in the study, before it writes anything of lrlab's."""
+
+    to_run: list[tuple[study.Trial, RunSpec]]  # trials with no run yet: orphans, then the next batch
+    finished: bool  # every trial asked and told: the search ends
+    any_result: bool  # some trial complete or pruned
 
 
 def _advance(session: Session, search: Search, url: str) -> list[Message]:
     request = request_of(search)
-    name = search.study_name
-    study.create(url, name, request.direction)
+    with session.no_autoflush:  # Optuna first (see _lock), lrlab's writes after
+        plan = _plan(session, search, request, url)
     if search.status == RunStatus.queued.value:
         search.status, search.started_at = RunStatus.running.value, utcnow()
+    search.dispatched_at = utcnow()  # it moved: the reconciler waits LRLAB_REDISPATCH_SECONDS from here
+    if plan.finished:
+        _finish(search, plan.any_result)
+        return []
+    fresh = [_run_for(session, search, trial, spec) for trial, spec in plan.to_run]
+    if not fresh:
+        return []
+    fused = len(fresh) > 1 and all(fusable_spec(spec) for _, spec in plan.to_run)
+    return outbox.experiment(session, "fused" if fused else "separate", fresh)
+
+
+def _plan(session: Session, search: Search, request: SearchCreate, url: str) -> _Plan:
+    name = search.study_name
+    study.create(url, name, request.direction)
     runs = {r.trial: r for r in session.scalars(select(Run).where(Run.search_id == search.id)) if r.trial is not None}
     for run in runs.values():
         if RunStatus(run.status).is_finished():
             _tell(session, url, name, request, run)
-    search.dispatched_at = utcnow()  # it moved: the reconciler waits LRLAB_REDISPATCH_SECONDS from here
-    if RunStatus(search.status).is_finished():  # cancelled: the trials it had are told, nothing more is asked
-        return []
     trials = study.trials(url, name)
-    orphans = [t for t in trials if t.state == "running" and t.number not in runs]
-    made = [_make_run(session, url, search, request, t) for t in orphans]
-    fresh = [r for r in made if r is not None]
-    active = [r for r in runs.values() if not RunStatus(r.status).is_finished()] + fresh
+    any_result = any(t.state in ("complete", "pruned") for t in trials)
+    if RunStatus(search.status).is_finished():  # cancelled: the trials it had are told, nothing more is asked
+        return _Plan([], False, any_result)
+    to_run = []
+    for trial in (t for t in trials if t.state == "running" and t.number not in runs):
+        spec = _orphan_spec(url, search, request, trial)
+        if spec is not None:
+            to_run.append((trial, spec))
+    active = [r for r in runs.values() if not RunStatus(r.status).is_finished()]
     remaining = request.trials - len(trials)
-    if not active and remaining > 0:
-        asked = study.ask(url, name, request, min(request.parallel, remaining))
-        fresh += [_run_for(session, search, a.trial, a.spec) for a in asked]
-        active = fresh
-    if not active and remaining <= 0 and all(t.state != "running" for t in study.trials(url, name)):
-        _finish(search, url)
-        return []
-    if not fresh:
-        return []
-    fused = len(fresh) > 1 and all(fusable_spec(RunSpec.model_validate(r.spec)) for r in fresh)
-    return outbox.experiment(session, "fused" if fused else "separate", fresh)
+    if not active and not to_run and remaining > 0:
+        to_run = [(a.trial, a.spec) for a in study.ask(url, name, request, min(request.parallel, remaining))]
+    finished = not active and not to_run and remaining <= 0
+    if finished:  # told failed just now (an orphan with no valid run) or before: read the study again
+        trials = study.trials(url, name)
+        finished = all(t.state != "running" for t in trials)
+        any_result = any(t.state in ("complete", "pruned") for t in trials)
+    return _Plan(to_run, finished, any_result)
 
 
-def _make_run(session: Session, url: str, search: Search, request: SearchCreate, trial: study.Trial) -> Run | None:
-    """The run of a trial the study had asked but no run held (the asker crashed before its commit)."""
+def _orphan_spec(url: str, search: Search, request: SearchCreate, trial: study.Trial) -> RunSpec | None:
+    """The run spec of a trial the study had asked but no run held (the asker crashed before its commit)."""
     try:
         spec = apply_params(request.base, trial.params)
     except ValidationError as exc:
         study.tell(url, search.study_name, trial.number, "failed", None)
         log.warning("search %s: trial %d makes no valid run (%s): told failed", search.id, trial.number, exc)
         return None
-    log.info("search %s: trial %d was asked but had no run: made one", search.id, trial.number)
-    return _run_for(session, search, trial, spec)
+    log.info("search %s: trial %d was asked but had no run: making one", search.id, trial.number)
+    return spec
 
 
 def _run_for(session: Session, search: Search, trial: study.Trial, spec: RunSpec) -> Run:
@@ -175,14 +202,13 @@ def _tell(session: Session, url: str, name: str, request: SearchCreate, run: Run
         study.tell(url, name, run.trial, "failed", None)
 
 
-def _finish(search: Search, url: str) -> None:
-    told = study.trials(url, search.study_name)
-    if any(t.state in ("complete", "pruned") for t in told):
+def _finish(search: Search, any_result: bool) -> None:
+    if any_result:
         search.status = RunStatus.succeeded.value
     else:
         search.status, search.error = RunStatus.failed.value, "no trial trained to a result (every one failed)"
     search.finished_at = utcnow()
-    log.info("search %s %s: %d trials", search.id, search.status, len(told))
+    log.info("search %s %s", search.id, search.status)
 
 
 # --- read model -------------------------------------------------------------------------------------
