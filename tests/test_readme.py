@@ -28,7 +28,7 @@ from tests.e2e.test_embedded import _free_port, _http, _start
 # first line of a block -> why it is not run
 NOT_RUN = {
     "python3 -m venv .venv && . .venv/bin/activate": "the setup itself: installs, starts the service, runs this suite",
-    "docker compose up -d                       # postgres, redis (append-only), migrate, api, GPU worker": (
+    "docker compose up -d                       # postgres, redis (append-only), minio, migrate, api, GPU worker": (
         "needs a Docker engine; tests/test_compose.py checks the compose file"
     ),
 }
