@@ -22,6 +22,7 @@ PAGES = (
     "/compare",
     "/lr-finder/{job_id}",
     "/pbt/{pbt_id}",
+    "/searches/{search_id}",
     "/advice/{advice_id}",
     "/datasets/{dataset_id}",
 )

@@ -9,6 +9,7 @@ import { homePage } from "./home.js";
 import { lrFinderPage } from "./lrfinder.js";
 import { pbtPage } from "./pbt.js";
 import { runPage } from "./run.js";
+import { searchPage } from "./search.js";
 
 const ROUTES = [
   [/^\/$/, (app) => homePage(app)],
@@ -17,6 +18,7 @@ const ROUTES = [
   [/^\/compare$/, (app) => comparePage(app, (new URLSearchParams(location.search).get("runs") || "").split(",").filter(Boolean))],
   [/^\/lr-finder\/([^/]+)$/, (app, id) => lrFinderPage(app, id)],
   [/^\/pbt\/([^/]+)$/, (app, id) => pbtPage(app, id)],
+  [/^\/searches\/([^/]+)$/, (app, id) => searchPage(app, id)],
   [/^\/advice\/([^/]+)$/, (app, id) => advicePage(app, id)],
   [/^\/datasets\/([^/]+)$/, (app, id) => datasetPage(app, id)],
 ];
