@@ -13,8 +13,14 @@ within 0.5 % of the full grid's best (at least 0.995 x it), and the best reached
 - `--tool optuna`: 27 trials of Optuna's TPESampler over lr log-uniform [1e-5, 1e-1] x optimizer, pruned by
   its HyperbandPruner (min 1, max 9 epochs, reduction factor 3), `study.optimize` in this process.
 
-lrlab's own ASHA (fused) and TPE searches are measured by the service benchmarks (docs/benchmarks.md).
-The trainables here are plain torch (data and model from `trainer`, `torch.optim` optimizers). Ray and Optuna
+- `--tool lrlab-asha`: the 27 grid cells as one fused experiment with early_stopping (ASHA, grace 1, reduction
+  factor 3), through a real `lrlab api` and one `lrlab worker` (one torch thread; Postgres + Redis), timed from
+  the POST (the service is up and warm, as a running lrlab is).
+- `--tool lrlab-tpe`: POST /v1/searches: 27 trials of Optuna's TPE over the same space, 9 at a time (each batch
+  one fused pack), with the same ASHA early stopping; timed from the POST.
+
+The lrlab tools poll the runs' curves every 0.1 s: a point counts from the poll that first saw it. The
+trainables here are plain torch (data and model from `trainer`, `torch.optim` optimizers). Ray and Optuna
 run from virtualenvs of their own, outside the repository (Ray is not an lrlab dependency; the Optuna one
 runs Optuna as its users do, without lrlab):
 
@@ -23,6 +29,8 @@ runs Optuna as its users do, without lrlab):
   .venv/bin/python bench/search_anchors.py --tool grid --out /tmp/anchors/grid.json
   /tmp/rayenv/bin/python bench/search_anchors.py --tool ray --out /tmp/anchors/ray.json
   /tmp/optunaenv/bin/python bench/search_anchors.py --tool optuna --out /tmp/anchors/optuna.json
+  .venv/bin/python bench/search_anchors.py --tool lrlab-asha --out /tmp/anchors/lrlab-asha.json
+  .venv/bin/python bench/search_anchors.py --tool lrlab-tpe --out /tmp/anchors/lrlab-tpe.json
   .venv/bin/python bench/search_anchors.py --report /tmp/anchors/*.json
 
 Each tool writes every (seconds since its start, configuration, epoch, val_accuracy) it saw; `--report` reads
@@ -182,6 +190,62 @@ def run_optuna(threads: int) -> dict[str, Any]:
     return {"tool": "optuna hyperband", "version": optuna.__version__, "startup": 0.0, "total": total, "events": events}
 
 
+ASHA = {"kind": "asha", "metric": "val_accuracy", "grace_epochs": GRACE, "reduction_factor": REDUCTION}
+BASE = {"dataset": "digits", "epochs": EPOCHS, "device": "cpu", "seed": SEED, "batch_size": BATCH}
+
+
+def run_lrlab(kind: str) -> dict[str, Any]:
+    """The search through a private lrlab (api + one worker), POST to the end, its curves polled as they grow."""
+    from bench.overhead import _free_port, _http, private_services, start_service, stop
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with private_services(False) as env:
+        procs = start_service(env, port)
+        try:
+            t0 = time.perf_counter()
+            if kind == "lrlab-asha":
+                grid = {"optimizer": [{"name": o} for o in OPTIMIZERS], "lr": GRID_LRS}
+                body = {"name": "anchors", "execution": "fused", "base": BASE, "grid": grid, "early_stopping": ASHA}
+                created = _http("POST", f"{base}/v1/experiments", body)
+            else:
+                space = {"lr": {"log_uniform": list(LR_RANGE)}, "optimizer": {"choice": list(OPTIMIZERS)}}
+                body = {"base": BASE, "space": space, "trials": 27, "parallel": 9, "seed": SEED, "early_stopping": ASHA}
+                created = _http("POST", f"{base}/v1/searches", body)
+            events = _poll(base, kind, created["id"], t0)
+            total = time.perf_counter() - t0
+        finally:
+            for p in procs:
+                stop(p)
+    return {"tool": kind, "startup": 0.0, "total": total, "events": events}
+
+
+def _poll(base: str, kind: str, object_id: str, t0: float) -> list[list[Any]]:
+    from bench.overhead import _http
+
+    seen: set[tuple[str, int]] = set()
+    events: list[list[Any]] = []
+    while True:
+        if kind == "lrlab-asha":
+            done = _http("GET", f"{base}/v1/experiments/{object_id}")["status"] == "finished"
+            runs = _http("GET", f"{base}/v1/experiments/{object_id}/compare")["runs"]
+        else:
+            search = _http("GET", f"{base}/v1/searches/{object_id}")
+            done = search["status"] not in ("queued", "running")
+            ids = [t["run_id"] for t in search["trials"] if t["run_id"]]
+            runs = _http("GET", f"{base}/v1/compare?runs={','.join(ids)}")["runs"] if ids else []
+        now = time.perf_counter() - t0
+        for run in runs:
+            label = f"{run['spec']['optimizer']['name']} {run['spec']['optimizer']['lr']:.3g} {run['run_id'][:8]}"
+            for point in run["points"]:
+                if (run["run_id"], point["epoch"]) not in seen and point["val_accuracy"] is not None:
+                    seen.add((run["run_id"], point["epoch"]))
+                    events.append([now, label, point["epoch"], point["val_accuracy"]])
+        if done:
+            return events
+        time.sleep(0.1)
+
+
 def summarise(run: dict[str, Any], grid_best: float) -> dict[str, Any]:
     target = WITHIN * grid_best
     reached = next((e[0] for e in sorted(run["events"]) if e[3] >= target), None)
@@ -217,7 +281,7 @@ def report(paths: list[Path]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tool", choices=("grid", "ray", "optuna"))
+    ap.add_argument("--tool", choices=("grid", "ray", "optuna", "lrlab-asha", "lrlab-tpe"))
     ap.add_argument("--out", type=Path, help="where to write the run's events (JSON)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in grid and optuna (Ray: 1 per trial)")
     ap.add_argument("--reuse-actors", action="store_true", help="Ray: keep trial processes (Ray's advice)")
@@ -232,8 +296,10 @@ def main() -> None:
         run = run_grid(args.threads)
     elif args.tool == "ray":
         run = run_ray(args.reuse_actors)
-    else:
+    elif args.tool == "optuna":
         run = run_optuna(args.threads)
+    else:
+        run = run_lrlab(args.tool)
     with open("/proc/loadavg") as f:
         run["loadavg"] = f.read().split()[:3]
     run["cpus"] = os.cpu_count()
