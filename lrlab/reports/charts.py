@@ -190,6 +190,8 @@ def draw_runs_chart(
         label = s.label
         if s.diverged:
             label += f" (diverged @ epoch {s.diverged_at})" if s.diverged_at is not None else " (diverged)"
+        elif s.status == RunStatus.stopped and len(xs):
+            label += f" (stopped @ epoch {int(xs.max())})"  # successive halving: its curve ends at the rung
         # Markers keep a curve of one or a few epochs visible.
         marker = "o" if len(xs) <= 20 else None
         (line,) = ax.plot(
