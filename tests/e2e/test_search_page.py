@@ -28,7 +28,9 @@ def test_search_page_shows_trials_best_and_importances(up: str, page: Any) -> No
 
     search = wait_for(done, 120, "the search", interval=0.3)
     assert search["status"] == "succeeded", search
-    page.goto(f"{up}/searches/{search['id']}")
+    page.goto(f"{up}/")
+    page.click(f"[data-role=searches] tr[data-search-id='{search['id']}'] a")  # listed on the home page
+    page.wait_for_url(f"{up}/searches/{search['id']}")
     rows = page.locator("[data-role=trials] tbody tr")
     rows.first.wait_for()
     assert rows.count() == 4

@@ -19,6 +19,7 @@ export async function homePage(app) {
   const experimentsBox = h("div", { class: "table-wrap" });
   const findersBox = h("div");
   const pbtsBox = h("div");
+  const searchesBox = h("div");
   const adviceBox = h("div");
   const compareButton = h("button", { type: "button", class: "secondary", disabled: true }, "Compare selected");
   compareButton.addEventListener("click", () => {
@@ -57,6 +58,7 @@ export async function homePage(app) {
         experimentsBox,
         adviceBox,
         pbtsBox,
+        searchesBox,
         findersBox,
       ),
       h("aside", { class: "side" }, submitForm(catalog, query)),
@@ -72,6 +74,10 @@ export async function homePage(app) {
       api("/v1/pbt?limit=10"),
       api("/v1/advice?limit=10"),
     ]);
+    const searches = await api("/v1/searches?limit=10");
+    searchesBox.replaceChildren(
+      ...(searches.data.length ? [h("h2", {}, "Searches"), h("div", { class: "table-wrap" }, searchesTable(searches.data))] : []),
+    );
     runsBox.replaceChildren(runsTable(runs.data, selected, compareButton));
     experimentsBox.replaceChildren(experimentsTable(experiments.data));
     findersBox.replaceChildren(
@@ -83,7 +89,7 @@ export async function homePage(app) {
     adviceBox.replaceChildren(
       ...(advice.data.length ? [h("h2", {}, "Advice"), h("div", { class: "table-wrap" }, adviceTable(advice.data))] : []),
     );
-    const active = [...runs.data, ...experiments.data, ...finders.data, ...pbts.data, ...advice.data]
+    const active = [...runs.data, ...experiments.data, ...finders.data, ...pbts.data, ...advice.data, ...searches.data]
       .some((x) => !FINISHED.has(x.status));
     clearTimeout(refresh.timer);
     if (active) refresh.timer = setTimeout(() => refresh().catch(() => {}), REFRESH_MS);
@@ -157,6 +163,24 @@ function adviceTable(list) {
         h("td", {}, a.stage.replace("_", " ")),
         h("td", {}, a.recommendation ? `${a.recommendation.label} · ${pct(a.recommendation.val_accuracy.mean)}` : "–"),
         h("td", {}, when(a.created_at)),
+      ))),
+  );
+}
+
+function searchesTable(searches) {
+  return h("table", { dataset: { role: "searches" } },
+    h("thead", {}, h("tr", {},
+      h("th", {}, "name"), h("th", {}, "status"), h("th", {}, "space"), h("th", { class: "num" }, "trials"),
+      h("th", {}, "sampler"), h("th", {}, "created"),
+    )),
+    h("tbody", {}, searches.map((s) =>
+      h("tr", { dataset: { searchId: s.id } },
+        h("td", {}, h("a", { href: `/searches/${s.id}` }, s.name), " ", h("span", { class: "muted mono" }, shortId(s.id))),
+        h("td", {}, statusBadge(s.status)),
+        h("td", {}, Object.keys(s.spec.space).join(", ")),
+        h("td", { class: "num" }, s.spec.trials),
+        h("td", {}, s.spec.sampler + (s.spec.early_stopping ? " + ASHA" : "")),
+        h("td", {}, when(s.created_at)),
       ))),
   );
 }
