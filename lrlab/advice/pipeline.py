@@ -14,6 +14,7 @@ What the method decides at each step is plan.py's; what is read back is views.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -159,11 +160,25 @@ def _base(request: AdviceCreate, optimizer: dict[str, Any] | None = None) -> dic
     return spec
 
 
-def _experiment(session: Session, advice: Advice, body: dict[str, Any]) -> tuple[Experiment, list[Message]]:
-    """An experiment of the advice's, created as POST /v1/experiments creates one, queued and stamped."""
-    request = ExperimentCreate.model_validate(body)
-    cells = experiments.expand(request)
-    experiment, runs = experiments.create_experiment(session, request, cells, owner=advice.owner)
+def label(spec: RunSpec, request: AdviceCreate) -> str:
+    """A configuration as the advice names it everywhere (`adam 3e-3`, `adam 3e-3 cosine`): the schedule only when
+    it is not the advice's first."""
+    schedule = None if spec.schedule == request.schedules[0] else plan.schedule_label(spec.schedule)
+    return plan.config_label(spec.optimizer, spec.optimizer.lr, schedule)
+
+
+def _experiment(
+    session: Session, advice: Advice, request: AdviceCreate, body: dict[str, Any]
+) -> tuple[Experiment, list[Message]]:
+    """An experiment of the advice's, created as POST /v1/experiments creates one, queued and stamped. Its runs
+    are labelled as the advice names their configurations, so a comparison across its experiments (its
+    compare_url) groups each configuration's replicates under one name."""
+    grid = ExperimentCreate.model_validate(body)
+    cells = [
+        dataclasses.replace(c, config=label(c.spec, request), label=f"{label(c.spec, request)} seed={c.spec.seed}")
+        for c in experiments.expand(grid)
+    ]
+    experiment, runs = experiments.create_experiment(session, grid, cells, owner=advice.owner)
     experiment.advice_id = advice.id
     return experiment, outbox.experiment(session, experiment.execution, runs)
 
@@ -186,7 +201,7 @@ def _start_search(session: Session, advice: Advice, request: AdviceCreate) -> li
     stopping = plan.early_stopping(request.base.epochs)
     if stopping is not None:
         body["early_stopping"] = stopping.model_dump(mode="json")
-    experiment, messages = _experiment(session, advice, body)
+    experiment, messages = _experiment(session, advice, request, body)
     advice.plan = {
         **advice.plan,
         "range_tests": tests,
@@ -234,6 +249,7 @@ def _start_replicates(session: Session, advice: Advice, request: AdviceCreate) -
     replicates, messages = _experiment(
         session,
         advice,
+        request,
         {
             "name": f"{advice.name}: replicates",
             "base": _base(request),
@@ -245,6 +261,7 @@ def _start_replicates(session: Session, advice: Advice, request: AdviceCreate) -
         others, more = _experiment(
             session,
             advice,
+            request,
             {
                 "name": f"{advice.name}: schedules",
                 "base": _base(request, specs[chosen[0].run_id]["optimizer"]),
@@ -263,18 +280,16 @@ def _start_replicates(session: Session, advice: Advice, request: AdviceCreate) -
 
 def contenders(session: Session, advice: Advice, request: AdviceCreate) -> list[tuple[plan.Contender, RunSpec]]:
     """Stage 3's configurations with their replicates' statistics, best mean first, and a spec of each."""
-    first = request.schedules[0]
     entries: list[dict[str, Any]] = []
     meta: dict[str, tuple[str, float, RunSpec]] = {}
     ids = [e for e in experiment_ids(advice) if e != (advice.plan.get("search") or {}).get("experiment_id")]
     for run in session.scalars(select(Run).where(Run.experiment_id.in_(ids)).order_by(Run.created_at, Run.id)):
         spec = RunSpec.model_validate(run.spec)
-        schedule = None if spec.schedule == first else plan.schedule_label(spec.schedule)
-        label = plan.config_label(spec.optimizer, spec.optimizer.lr, schedule)
+        name = label(spec, request)
         entries.append(
-            {"run_id": run.id, "config": label, "seed": spec.seed, "status": run.status, "summary": run.summary}
+            {"run_id": run.id, "config": name, "seed": spec.seed, "status": run.status, "summary": run.summary}
         )
-        meta.setdefault(label, (settings_key(spec.optimizer), spec.optimizer.lr, spec))
+        meta.setdefault(name, (settings_key(spec.optimizer), spec.optimizer.lr, spec))
     groups = analysis.group_replicates(entries, plan.METRIC)
     return [(plan.Contender(g, meta[g.label][0], meta[g.label][1]), meta[g.label][2]) for g in groups]
 

@@ -241,6 +241,9 @@ def check_advice(lab: Lab, advice: dict[str, Any], request: dict[str, Any]) -> N
     assert verdict["method"] == "paired t" and verdict["n_pairs"] == seeds
     assert winner["spec"]["optimizer"]["lr"] == winner["lr"] and winner["spec"]["epochs"] == epochs
     assert set(advice["compare_url"].split("=", 1)[1].split(",")) == {*winner["run_ids"], *runner_up["run_ids"]}
+    compared = get(lab, advice["compare_url"])  # the same two groups, under the advice's names, the same verdict
+    assert [g["label"] for g in compared["groups"]] == [winner["label"], runner_up["label"]]
+    assert compared["verdict"]["difference"] == pytest.approx(verdict["difference"])
     # compute: every stored epoch of the advice's runs and the range tests' steps, against the full grid
     with lab.session() as s:
         stored = s.scalar(
@@ -280,7 +283,8 @@ def test_advise_from_the_command_line_to_a_verdict(lab: Lab, tmp_path: Path) -> 
     assert lines[1].startswith(f"runner-up: {runner_up['label']}")
     assert lines[2] == f"verdict: {advice['verdict']['statement']}"
     assert json.loads(lines[-1].removeprefix("run it: ")) == winner["spec"]
-    assert "range tests" in done.stderr and "search" in done.stderr  # progress as it moved
+    progress = done.stderr.splitlines()  # a line whenever it moved, the last when it ended
+    assert progress[-1].startswith(f"{advice_id[:8]} succeeded replicates 6/6 runs"), progress
 
     # the client reads the same; listed; the recommendation trains as a run of its own
     lab_client = lab.client()
