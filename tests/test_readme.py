@@ -28,6 +28,9 @@ from tests.e2e.test_embedded import _free_port, _http, _start
 # first line of a block -> why it is not run
 NOT_RUN = {
     "python3 -m venv .venv && . .venv/bin/activate": "the setup itself: installs, starts the service, runs this suite",
+    "pip install -e examples/lrlab-example-plugin     # into every worker's environment, then (re)start the workers": (
+        "installs a package: tests/conftest.py installs the example plugin before a test session starts a worker"
+    ),
     "docker compose up -d                       # postgres, redis (append-only), minio, migrate, api, GPU worker": (
         "needs a Docker engine; tests/test_compose.py checks the compose file"
     ),
@@ -81,7 +84,7 @@ def test_python_snippets_run_as_written(service: tuple[str, Path], tmp_path: Pat
         )
         assert out.returncode == 0, f"{code}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr[-4000:]}"
         if "verdict" in code:  # the comparison's verdict, printed as a line, not None
-            assert re.search(r"lr=0\.01 vs lr=0\.001: [+-]\d\.\d{4}, 95% CI \[", out.stdout), out.stdout
+            assert re.search(r"lr=0\.01 vs lr=0\.001: [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], significant=", out.stdout), out.stdout
         if "save_chart" in code:
             assert (tmp_path / "acc.png").read_bytes().startswith(b"\x89PNG")
 
