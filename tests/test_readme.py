@@ -84,7 +84,10 @@ def test_python_snippets_run_as_written(service: tuple[str, Path], tmp_path: Pat
         )
         assert out.returncode == 0, f"{code}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr[-4000:]}"
         if "verdict" in code:  # the comparison's verdict, printed as a line, not None
-            assert re.search(r"lr=0\.01 vs lr=0\.001: [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], significant=", out.stdout), out.stdout
+            assert re.search(
+                r"lr=0\.01 vs lr=0\.001: [+-]\d\.\d{4}, 95% CI \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], significant=",
+                out.stdout,
+            ), out.stdout
         if "save_chart" in code:
             assert (tmp_path / "acc.png").read_bytes().startswith(b"\x89PNG")
 
