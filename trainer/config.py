@@ -9,10 +9,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str | None = "digits"  # built-in: "digits", "mnist1d", "spirals", "blobs"
+    name: str | None = "digits"  # built-in: "digits", "mnist1d", "spirals", "blobs"; or a plugin's (trainer.plugins)
     path: str | None = None  # user data relative to data_root: .npz with x, y or a folder per class
     image_size: int = 32  # image-folder data is resized to image_size x image_size
     val_fraction: float = 0.2
+    # a plugin dataset's factory arguments; compared, not hashed (a dict), so configs still key a cache
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.name is None and self.path is None:
@@ -25,8 +27,9 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"  # "mlp" | "cnn" | "resnet"
-    # mlp: hidden, dropout; cnn: channels, depth; resnet: width, blocks (checked by build_model)
+    name: str = "mlp"  # "mlp" | "cnn" | "resnet" | "sequential", or a plugin's (trainer.plugins)
+    # mlp: hidden, dropout; cnn: channels, depth; resnet: width, blocks; sequential: layers; a plugin: its
+    # factory's keyword arguments (checked by build_model)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,7 +93,7 @@ class RunConfig:
         divergence = spec.get("divergence") or {}
         return cls(
             dataset=_dataset_from_spec(spec.get("dataset", "digits")),
-            model=ModelConfig(**_split_params(spec.get("model", "mlp"), ("name",))),
+            model=_model_from_spec(spec.get("model", "mlp")),
             optimizer=OptimizerConfig(**_split_params(spec.get("optimizer", "adam"), ("name", "lr"))),
             schedule=ScheduleConfig(
                 **_split_params(spec.get("schedule") or "constant", ("kind", "warmup_epochs"), "kind")
@@ -102,6 +105,13 @@ class RunConfig:
             patience=spec.get("patience"),
             split_seed=spec.get("split_seed"),
         )
+
+
+def _model_from_spec(value: str | dict[str, Any]) -> ModelConfig:
+    """A plugin model comes as {"name", "params"} (its factory's arguments); ours carry their fields beside the name."""
+    if isinstance(value, dict) and isinstance(value.get("params"), dict):
+        return ModelConfig(name=value["name"], params=dict(value["params"]))
+    return ModelConfig(**_split_params(value, ("name",)))
 
 
 def _dataset_from_spec(value: str | dict[str, Any]) -> DatasetConfig:

@@ -1,8 +1,10 @@
-"""Datasets as in-memory tensors: the built-ins and user data (.npz or image folders), split and standardised."""
+"""Datasets as in-memory tensors: the built-ins, user data (.npz or image folders) and plugins' datasets (entry
+points of the group lrlab.datasets), split and standardised."""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import random
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor
 
 from trainer.config import DatasetConfig
+from trainer.plugins import PluginData, installed, load_plugin_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -178,41 +181,64 @@ def _signature(full: Path) -> tuple[int, ...]:
     return tuple(d.stat().st_mtime_ns for d in [full, *sorted(full.iterdir())] if d.is_dir())
 
 
-def _split(x: np.ndarray, y: np.ndarray, cfg: DatasetConfig, seed: int, name: str) -> Dataset:
+def _features(x: np.ndarray, name: str) -> np.ndarray:
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"Dataset {name!r}: features must be finite (found NaN or infinity)")
-    labels, y = np.unique(y, return_inverse=True)  # any integer labels -> 0..K-1
-    if len(labels) < 2:
-        raise ValueError(f"Dataset {name!r} needs at least 2 classes, found {len(labels)}")
+    return x
+
+
+def _split(x: np.ndarray, y: np.ndarray, cfg: DatasetConfig, seed: int, name: str) -> Dataset:
+    x = _features(x, name)
     n = len(y)
     n_val = min(max(round(n * cfg.val_fraction), 1), n - 1)
     # the split depends on the seed alone, so runs with the same seed see the same train/val sets
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     train, val = order[n_val:], order[:n_val]
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
+    return _standardised(x[train], y[train], x[val], y[val], name)
+
+
+def _standardised(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, name: str) -> Dataset:
+    """Features standardised with the training statistics; any integer labels as 0..K-1, K over both parts."""
+    labels, codes = np.unique(np.concatenate([y_train, y_val]), return_inverse=True)
+    if len(labels) < 2:
+        raise ValueError(f"Dataset {name!r} needs at least 2 classes, found {len(labels)}")
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
     std[std < 1e-6] = 1.0  # constant features (e.g. digits' blank corners) stay at zero
-    x = (x - mean) / std
 
-    def to_tensors(index: np.ndarray) -> tuple[Tensor, Tensor]:
-        return torch.from_numpy(np.ascontiguousarray(x[index])), torch.from_numpy(y[index].astype(np.int64))
+    def to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(np.ascontiguousarray((x - mean) / std)), torch.from_numpy(y.astype(np.int64))
 
-    (x_train, y_train), (x_val, y_val) = to_tensors(train), to_tensors(val)
-    return Dataset(x_train, y_train, x_val, y_val, tuple(x.shape[1:]), len(labels), name)
+    (xt, yt), (xv, yv) = to_tensors(x_train, codes[: len(y_train)]), to_tensors(x_val, codes[len(y_train) :])
+    return Dataset(xt, yt, xv, yv, tuple(x_train.shape[1:]), len(labels), name)
+
+
+@functools.lru_cache(maxsize=4)
+def _plugin_data(name: str, params_json: str) -> PluginData:
+    """A plugin dataset's arrays, made once per process for each parameter set (whatever the seed)."""
+    return load_plugin_dataset(installed().dataset(name), json.loads(params_json))
 
 
 @functools.lru_cache(maxsize=16)
 def _load(cfg: DatasetConfig, seed: int, full: Path | None, signature: tuple[int, ...]) -> Dataset:
-    if full is None:
-        assert cfg.name is not None
-        x, y = _BUILTINS[cfg.name]()
-        name = cfg.name
-    else:
+    if full is not None:
         assert cfg.path is not None
         name = cfg.path
         x, y = _read_npz(full, name) if full.is_file() else _read_image_folder(full, name, cfg.image_size)
-    dataset = _split(x, y, cfg, seed, name)
+        dataset = _split(x, y, cfg, seed, name)
+    elif cfg.name in _BUILTINS:
+        name = cfg.name
+        dataset = _split(*_BUILTINS[cfg.name](), cfg, seed, name)
+    else:
+        assert cfg.name is not None
+        name = cfg.name
+        made = _plugin_data(name, json.dumps(cfg.params, sort_keys=True))
+        if made.val is None:  # (x, y): split here, by the seed, as an uploaded file is
+            dataset = _split(*made.train, cfg, seed, name)
+        else:  # the plugin's own split: the seed does not change it
+            (x_train, y_train), (x_val, y_val) = made.train, made.val
+            dataset = _standardised(_features(x_train, name), y_train, _features(x_val, name), y_val, name)
     logger.info(
         "loaded %s: %d train / %d val, input %s, %d classes",
         name,
@@ -229,6 +255,12 @@ def load_dataset(cfg: DatasetConfig, seed: int, data_root: Path | None = None) -
     if cfg.path is not None:  # a user file wins over the (default) built-in name
         full = resolve_user_path(cfg.path, data_root)
         return _load(cfg, seed, full, _signature(full))
-    if cfg.name not in _BUILTINS:
-        raise ValueError(f"Unknown dataset: {cfg.name!r} (choose from {sorted(_BUILTINS)})")
+    if cfg.name in _BUILTINS:
+        if cfg.params:
+            raise ValueError(f"The built-in dataset {cfg.name!r} takes no params (got {sorted(cfg.params)})")
+        return _load(cfg, seed, None, ())
+    plugins = installed()
+    if cfg.name not in plugins.datasets:
+        raise ValueError(f"Unknown dataset: {cfg.name!r} (choose from {sorted(_BUILTINS) + sorted(plugins.datasets)})")
+    plugins.datasets[cfg.name].check_params(cfg.params)
     return _load(cfg, seed, None, ())

@@ -1,4 +1,5 @@
-"""Small classifiers (MLP, CNN, ResNet) built from a ModelConfig for a dataset's input shape."""
+"""Small classifiers (MLP, CNN, ResNet, a layer list) and plugins' models, built from a ModelConfig for a dataset's
+input shape."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from trainer.config import ModelConfig
+from trainer.plugins import build_plugin_model, installed
+from trainer.sequential import build_sequential
 
 
 def _int(key: str, value: Any, low: int, high: int) -> int:
@@ -129,15 +132,20 @@ MODELS: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] =
     "mlp": build_mlp,
     "cnn": build_cnn,
     "resnet": build_resnet,
+    "sequential": build_sequential,
 }
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    if cfg.name not in MODELS:
-        raise ValueError(f"Unknown model: {cfg.name!r} (choose from {sorted(MODELS)})")
+    """One of ours by name, or a plugin's (an entry point of the group lrlab.models installed here)."""
     if n_classes < 2:
         raise ValueError(f"Invalid n_classes: {n_classes}")
-    return MODELS[cfg.name](cfg.params, tuple(input_shape), n_classes)
+    if cfg.name in MODELS:
+        return MODELS[cfg.name](cfg.params, tuple(input_shape), n_classes)
+    plugins = installed()
+    if cfg.name not in plugins.models:
+        raise ValueError(f"Unknown model: {cfg.name!r} (choose from {sorted(MODELS) + sorted(plugins.models)})")
+    return build_plugin_model(plugins.models[cfg.name], cfg.params, tuple(input_shape), n_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

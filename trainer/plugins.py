@@ -33,9 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.data import DATASETS
-from trainer.models import MODELS
-
 logger = logging.getLogger(__name__)
 
 MODEL_GROUP = "lrlab.models"
@@ -44,9 +41,10 @@ DATASET_GROUP = "lrlab.datasets"
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 MAX_PARAMETERS = 64  # a factory's own parameters, as advertised in each heartbeat
 MAX_DEFAULT_CHARS = 1000  # a default longer than this as JSON is advertised by its repr, cut short
-# Models and datasets of lrlab's own: no plugin may take their names.
-BUILTIN_MODELS = frozenset({*MODELS, "sequential"})
-BUILTIN_DATASETS = frozenset(DATASETS)
+# Models and datasets of lrlab's own (trainer.models.MODELS, trainer.data.DATASETS: a test keeps them in step;
+# those modules call this one): no plugin may take their names.
+BUILTIN_MODELS = frozenset({"mlp", "cnn", "resnet", "sequential"})
+BUILTIN_DATASETS = frozenset({"digits", "mnist1d", "spirals", "blobs"})
 
 Kind = Literal["model", "dataset"]
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

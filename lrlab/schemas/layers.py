@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from lrlab.schemas.strict import Strict
 
@@ -85,15 +85,21 @@ class LayerNorm(Strict):
 
 
 class Relu(Strict):
+    """torch.nn.ReLU: max(x, 0), elementwise."""
+
     type: Literal["relu"]
 
 
 class Gelu(Strict):
+    """torch.nn.GELU (approximate: torch's "none" or "tanh"), elementwise."""
+
     type: Literal["gelu"]
     approximate: Literal["none", "tanh"] = "none"
 
 
 class Tanh(Strict):
+    """torch.nn.Tanh, elementwise."""
+
     type: Literal["tanh"]
 
 
@@ -139,7 +145,19 @@ class Residual(Strict):
     """x + layers(x): the nested list's output shape must equal its input's."""
 
     type: Literal["residual"]
-    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
+    # Its JSON schema names the item type in words: a schema that refers to itself is split into an input and an
+    # output copy of every schema around it (RunSpec-Input, RunSpec-Output) in the OpenAPI document.
+    layers: Annotated[
+        list[Layer],
+        WithJsonSchema(
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_LAYERS,
+                "items": {"type": "object", "description": "A layer of any type a sequential model's list takes."},
+            }
+        ),
+    ] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 def _from_type(value: Any) -> Any:

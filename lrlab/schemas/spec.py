@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+
+from lrlab.schemas.layers import SequentialSpec
+from lrlab.schemas.plugins import PLUGIN_NAME, Params, PluginModelSpec
+from lrlab.schemas.strict import Strict
 
 MAX_LR = 1000.0
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 BUILTIN_DATASETS = ("digits", "mnist1d", "spirals", "blobs")
 Device = Literal["auto", "cpu", "cuda"]
-
-
-class Strict(BaseModel):
-    """Unknown fields are errors: a typo such as `momentun` must not be silently ignored. Values are not coerced
-    (pydantic's strict mode): `"lr": true` or `"epochs": "2"` is a 422, not 1.0 and 2; an integer is still a
-    valid float. A pair (`betas`) may come as a list, as JSON sends it: mark such fields `strict=False`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Lr = Annotated[
@@ -35,9 +31,23 @@ Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 class DatasetRef(Strict):
-    """A built-in dataset by `name`, an uploaded one by `id`, or a file or image folder by `path` under the root."""
+    """A built-in or plugin dataset by `name`, an uploaded one by `id`, or a file or image folder by `path` under
+    the root."""
 
-    name: Literal["digits", "mnist1d", "spirals", "blobs"] | None = Field(None, description="Built-in dataset.")
+    name: str | None = Field(
+        None,
+        pattern=PLUGIN_NAME,
+        description=(
+            "A built-in dataset (digits, mnist1d, spirals, blobs), or one a plugin installed on the workers offers"
+            " (GET /v1/catalog lists them)."
+        ),
+    )
+    # Left out of the stored spec when empty, so specs naming a built-in keep their earlier form.
+    params: Params = Field(
+        default_factory=dict,
+        exclude_if=lambda value: not value,
+        description="A plugin dataset's factory arguments (GET /v1/catalog lists them).",
+    )
     path: str | None = Field(
         None,
         min_length=1,
@@ -71,10 +81,18 @@ class DatasetRef(Strict):
     def _one_of(self) -> DatasetRef:
         if sum(v is not None for v in (self.name, self.path, self.id)) != 1:
             raise ValueError(
-                "give exactly one of `name` (a built-in dataset), `id` (an uploaded one) or `path` (a file under"
-                " the dataset root)"
+                "give exactly one of `name` (a built-in or plugin dataset), `id` (an uploaded one) or `path` (a file"
+                " under the dataset root)"
             )
         return self
+
+    @field_validator("params")
+    @classmethod
+    def _params_for_plugins(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if value and (name is None or name in BUILTIN_DATASETS):
+            raise ValueError("params are for a plugin's dataset; a built-in, uploaded or file dataset takes none")
+        return value
 
     @property
     def label(self) -> str:
@@ -106,7 +124,26 @@ class ResnetSpec(Strict):
     blocks: int = Field(2, ge=1, le=8, description="Number of residual blocks.")
 
 
-ModelSpec = Annotated[MlpSpec | CnnSpec | ResnetSpec, Field(discriminator="name")]
+def _model_kind(value: Any) -> str | None:
+    """Ours by name; any other name is a plugin's (checked against what live workers offer after parsing)."""
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    if not isinstance(name, str):
+        return None
+    return name if name in ("mlp", "cnn", "resnet", "sequential") else "plugin"
+
+
+ModelSpec = Annotated[
+    Annotated[MlpSpec, Tag("mlp")]
+    | Annotated[CnnSpec, Tag("cnn")]
+    | Annotated[ResnetSpec, Tag("resnet")]
+    | Annotated[SequentialSpec, Tag("sequential")]
+    | Annotated[PluginModelSpec, Tag("plugin")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="model_name",
+        custom_error_message="a model needs a `name`: mlp, cnn, resnet, sequential, or a plugin's (GET /v1/catalog)",
+    ),
+]
 
 
 # --- optimizers (torch's names and defaults) ----------------------------------------------------

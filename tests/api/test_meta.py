@@ -27,8 +27,9 @@ def test_health_and_ready(api_client: Any) -> None:
 @pytest.mark.service
 def test_catalog_lists_everything_with_defaults(api_client: Any) -> None:
     cat = api_client.get("/v1/catalog").json()
-    assert {d["name"] for d in cat["datasets"]} == {"digits", "mnist1d", "spirals", "blobs"}
-    assert {m["name"] for m in cat["models"]} == {"mlp", "cnn", "resnet"}
+    # (plugins live workers offer are listed too: tests/e2e/test_plugins.py)
+    assert {d["name"] for d in cat["datasets"] if not d["plugin"]} == {"digits", "mnist1d", "spirals", "blobs"}
+    assert {m["name"] for m in cat["models"] if not m["plugin"]} == {"mlp", "cnn", "resnet", "sequential"}
     opts = {o["name"]: o["hyperparameters"] for o in cat["optimizers"]}
     assert set(opts) == {"sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta"}
     assert opts["adam"]["lr"]["default"] == 0.001 and opts["adam"]["betas"]["default"] == [0.9, 0.999]

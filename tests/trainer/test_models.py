@@ -82,4 +82,4 @@ def test_build_model_rejects_invalid(name: str, params: dict[str, Any], shape: t
 
 
 def test_models_registry_names() -> None:
-    assert sorted(MODELS) == ["cnn", "mlp", "resnet"]
+    assert sorted(MODELS) == ["cnn", "mlp", "resnet", "sequential"]

@@ -23,7 +23,13 @@ MODEL_SPECS: list[dict[str, Any]] = [
     {"name": "cnn", "channels": 4, "depth": 3},
     {"name": "resnet"},
     {"name": "resnet", "width": 4, "blocks": 1},
+    {"name": "sequential", "layers": ["flatten", "linear"]},
+    {"name": "sequential", "layers": ["flatten", {"type": "dropout", "p": 0.0}, "linear"]},
+    {"name": "sequential", "layers": ["flatten", {"type": "dropout"}, "linear"]},
+    {"name": "sequential", "layers": [{"type": "residual", "layers": [{"type": "dropout", "p": 0.1}]}, "linear"]},
 ]
+# A plugin's model: both sides let it through the per-run rule (only trying it tells: test_stackable.py).
+PLUGIN_SPECS: list[dict[str, Any]] = [{"name": "tiny-transformer", "params": {"width": 8}}, {"name": "any-model"}]
 
 
 def test_the_same_models_fuse() -> None:
@@ -31,7 +37,7 @@ def test_the_same_models_fuse() -> None:
     assert {spec["name"] for spec in MODEL_SPECS} == set(MODELS)  # every model the service offers is probed
 
 
-@pytest.mark.parametrize("model", MODEL_SPECS, ids=[str(m) for m in MODEL_SPECS])
+@pytest.mark.parametrize("model", MODEL_SPECS + PLUGIN_SPECS, ids=[str(m) for m in MODEL_SPECS + PLUGIN_SPECS])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_SCHEMAS))
 def test_service_and_trainer_agree_on_one_run(model: dict[str, Any], optimizer: str) -> None:
     spec = RunSpec.model_validate({"model": model, "optimizer": {"name": optimizer}})

@@ -269,8 +269,10 @@ def test_fusable_rules() -> None:
         "trains on": [base, replace(base, dataset=DatasetConfig("spirals"))],
         "member 1 trains on": [base, replace(base, dataset=DatasetConfig(val_fraction=0.3))],
         "has model": [base, replace(base, model=ModelConfig("mlp", {"hidden": [32]}))],
-        "is not fusable": [replace(base, model=ModelConfig("vit"))],
         "dropout": [replace(base, model=ModelConfig("mlp", {"dropout": 0.1}))],
+        "dropout is": [
+            replace(base, model=ModelConfig("sequential", {"layers": [{"type": "dropout"}, "flatten", "linear"]}))
+        ],
         "unknown optimizer": [replace(base, optimizer=OptimizerConfig("lion"))],
     }
     for reason, configs in not_fusable.items():
@@ -278,6 +280,11 @@ def test_fusable_rules() -> None:
         assert reason in (why_not_fusable(configs) or "")
         with pytest.raises(ValueError, match="cannot train as one population"):
             train_population(configs)
+    # a plugin's model passes the rule (nothing is known of it unbuilt); trying to stack it builds it
+    plugin = [replace(base, model=ModelConfig("vit"))]
+    assert fusable(plugin)
+    with pytest.raises(ValueError, match="Unknown model: 'vit'"):
+        why_not_fusable(plugin, try_stacking=True)
 
 
 def test_population_rejects_bad_values_before_training() -> None:
@@ -521,7 +528,7 @@ def test_functional_stack_falls_back_to_vmap_for_other_layers() -> None:
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
-        models.append(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.GELU(), nn.Linear(16, 10)))
+        models.append(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.SiLU(), nn.Linear(16, 10)))
     stacked = stack_models(models, torch.device("cpu"))
     assert isinstance(stacked, FunctionalStack) and not stacked.grouped
     _assert_same_as_models(stacked, models, torch.randn(3, 5, 1, 8, 8))

@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tests.example_plugin import example_plugin  # noqa: F401  (fixture)
+from tests.trainer.test_population import assert_same_run, float64  # noqa: F401  (fixture)
+from trainer import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, train, train_population
 from trainer.population.functional import stack_models
+from trainer.population.plan import why_not_fusable
 from trainer.population.stackable import why_not_stackable
 from trainer.sequential import build_sequential
 
@@ -163,3 +166,76 @@ def test_fused_steps_of_the_example_plugin_model_equal_separate_runs_float64(
 
 def test_fused_steps_of_a_sequential_model_equal_separate_runs_float64(one_thread: None) -> None:
     _fused_equals_separate(sequential, (2, 12))
+
+
+# --- the engine: train_population against trainer.train, member by member -----------------------------------
+
+LAYER_LISTS = {
+    "grouped": [  # every layer one grouped forward knows: conv, BatchNorm, GELU, a residual, linear over (C, L)
+        {"type": "conv1d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        "batchnorm",
+        "gelu",
+        {"type": "residual", "layers": [{"type": "linear", "out_features": 40}, "tanh"]},
+        {"type": "maxpool", "kernel_size": 2},
+        "flatten",
+        "linear",
+    ],
+    "vmap": [  # layernorm: vmap over functional_call
+        "flatten",
+        {"type": "linear", "out_features": 16},
+        "layernorm",
+        "relu",
+        {"type": "residual", "layers": [{"type": "linear", "out_features": 16}, "gelu"]},
+        "linear",
+    ],
+}
+
+
+def _members(model: ModelConfig, dataset: DatasetConfig) -> list[RunConfig]:
+    optimizers = [
+        OptimizerConfig("sgd", 0.05, {"momentum": 0.9}),
+        OptimizerConfig("adam", 3e-3),
+        OptimizerConfig("sgd", 0.2),
+    ]
+    return [
+        RunConfig(dataset=dataset, model=model, optimizer=opt, epochs=2, batch_size=64, seed=seed)
+        for seed, opt in enumerate(optimizers)
+    ]
+
+
+@pytest.mark.parametrize("layers", LAYER_LISTS.values(), ids=LAYER_LISTS.keys())
+def test_population_of_a_sequential_model_matches_independent_runs_float64(
+    float64: None,  # noqa: F811
+    one_thread: None,
+    layers: list[Any],
+) -> None:
+    configs = _members(ModelConfig("sequential", {"layers": layers}), DatasetConfig("mnist1d"))
+    assert why_not_fusable(configs, try_stacking=True) is None
+    fused = train_population(configs, dtype=torch.float64)
+    for result, config in zip(fused, configs, strict=True):
+        assert_same_run(result, train(config), rel=1e-6)
+    assert len({r.points[-1].val_loss for r in fused}) == 3
+
+
+def test_population_of_the_example_plugin_model_matches_independent_runs_float64(
+    example_plugin: None,  # noqa: F811
+    float64: None,  # noqa: F811
+    one_thread: None,
+) -> None:
+    model = ModelConfig("tiny-transformer", {"width": 8, "heads": 2, "depth": 1})
+    configs = _members(model, DatasetConfig("motifs", params={"n_samples": 300, "length": 12}))
+    assert why_not_fusable(configs, try_stacking=True) is None
+    fused = train_population(configs, dtype=torch.float64)
+    for result, config in zip(fused, configs, strict=True):
+        assert result.status == "succeeded"
+        assert_same_run(result, train(config), rel=1e-6)
+
+
+def test_population_refuses_a_plugin_model_it_cannot_stack(example_plugin: None) -> None:  # noqa: F811
+    model = ModelConfig("tiny-transformer", {"width": 8, "heads": 2, "depth": 1, "dropout": 0.1})
+    configs = _members(model, DatasetConfig("motifs", params={"n_samples": 300, "length": 12}))
+    assert why_not_fusable(configs) is None  # the rule cannot tell: only trying does
+    reason = why_not_fusable(configs, try_stacking=True)
+    assert reason is not None and "draws random numbers" in reason
+    with pytest.raises(ValueError, match="cannot train as one population: its forward draws random numbers"):
+        train_population(configs)

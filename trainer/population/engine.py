@@ -87,7 +87,7 @@ def train_population(
     that would not fit is trained in chunks, one after another. "auto": a share of the device's free
     memory (the GPU's, or the machine's for a CPU); None: no bound.
     """
-    reason = why_not_fusable(configs)
+    reason = why_not_fusable(configs, try_stacking=True, data_root=data_root)
     if reason is not None:
         raise ValueError(f"Runs cannot train as one population: {reason}")
     if not dtype.is_floating_point:

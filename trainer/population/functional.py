@@ -13,6 +13,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from trainer.models import BasicBlock, Reshape
 from trainer.population.stack import FlatStack, StackedParameters, mlp_layers
+from trainer.sequential import Residual
 
 # Why grouped convolutions rather than torch.func.vmap(functional_call): faster in every CPU run measured
 # (docs/benchmarks.md, "Design measurements of the fused path"; bench/stacked_forward.py measures it, with
@@ -128,6 +129,8 @@ def stack_models(models: Sequence[nn.Module], device: torch.device) -> StackedPa
 # Layers that act on each channel alone (or elementwise), so they run unchanged over (B, K * C, *spatial).
 CHANNELWISE = (
     nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
     nn.Identity,
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -138,8 +141,8 @@ CHANNELWISE = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
 )
-# Containers whose forward only combines its children's outputs elementwise (BasicBlock's residual sum).
-CONTAINERS = (nn.Sequential, BasicBlock)
+# Containers whose forward only combines its children's outputs elementwise (the residual sums).
+CONTAINERS = (nn.Sequential, BasicBlock, Residual)
 KNOWN = frozenset(
     {*CONTAINERS, *CHANNELWISE, nn.Flatten, Reshape, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear}
 )
@@ -242,7 +245,8 @@ class _StackedBatchNorm(nn.Module):
 
 
 class _StackedLinear(nn.Module):
-    """K linear layers as one batched matmul, (B, K * in) -> (B, K * out)."""
+    """K linear layers as one batched matmul, (B, K * in) -> (B, K * out); over the last axis of a wider input,
+    (B, K * C, ..., in) -> (B, K * C, ..., out), as nn.Linear acts on each member's (C, ..., in)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,8 +255,13 @@ class _StackedLinear(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         k = self.weight.shape[0]
-        if h.dim() != 2:
-            raise ValueError(f"The stacked linear layer takes flat features (B, K * in), got {tuple(h.shape)}")
+        if h.dim() > 2:
+            b = h.shape[0]
+            rows = h.reshape(b, k, -1, h.shape[-1])  # (B, K, M, in): member k's channels and positions, in order
+            out = torch.einsum("bkmi,koi->bkmo", rows, self.weight)  # (B, K, M, out)
+            if self.bias is not None:
+                out = out + self.bias[None, :, None, :]
+            return out.reshape(*h.shape[:-1], -1)  # (B, K * C, ..., out)
         h = h.view(h.shape[0], k, -1).transpose(0, 1)  # (K, B, in)
         w_t = self.weight.transpose(1, 2)  # (K, in, out)
         out = torch.bmm(h, w_t) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), h, w_t)  # (K, B, out)

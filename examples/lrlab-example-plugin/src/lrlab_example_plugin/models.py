@@ -26,16 +26,17 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attention = SelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: Tensor) -> Tensor:
-        h = h + self.attention(self.norm1(h))
-        return h + self.mlp(self.norm2(h))
+        h = h + self.dropout(self.attention(self.norm1(h)))
+        return h + self.dropout(self.mlp(self.norm2(h)))
 
 
 class TinyTransformer(nn.Module):
@@ -47,6 +48,7 @@ class TinyTransformer(nn.Module):
         heads: int,
         depth: int,
         mlp_ratio: int,
+        dropout: float,
         channels_first: bool,
     ) -> None:
         super().__init__()
@@ -57,7 +59,7 @@ class TinyTransformer(nn.Module):
             length, features = input_shape[::-1] if channels_first else input_shape
         self.embed = nn.Linear(features, width)
         self.position = nn.Parameter(torch.randn(length, width) * 0.02)  # learned, one per position
-        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, n_classes)
 
@@ -78,12 +80,16 @@ def tiny_transformer(
     heads: int = 4,
     depth: int = 2,
     mlp_ratio: int = 2,
+    dropout: float = 0.0,
     channels_first: bool = False,
 ) -> nn.Module:
     """A pre-norm transformer encoder over L positions of d features, input (L, d) or (L,), mean-pooled into a
-    linear classifier; channels_first reads (C, L) inputs (e.g. mnist1d) as L positions of C features."""
+    linear classifier; channels_first reads (C, L) inputs (e.g. mnist1d) as L positions of C features. With
+    dropout > 0 it trains, but not fused: each run draws its own masks."""
     if width % heads:
         raise ValueError(f"width ({width}) must be a multiple of heads ({heads})")
     if len(input_shape) not in (1, 2):
         raise ValueError(f"tiny-transformer reads sequences, input (L, d) or (L,); got {input_shape}")
-    return TinyTransformer(tuple(input_shape), n_classes, width, heads, depth, mlp_ratio, channels_first)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return TinyTransformer(tuple(input_shape), n_classes, width, heads, depth, mlp_ratio, dropout, channels_first)
