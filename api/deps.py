@@ -19,8 +19,8 @@ from api.errors import ApiError
 from lrlab import auth, idempotency
 from lrlab.db import get_sessionmaker
 from lrlab.models import LOCAL_OWNER, Advice, Dataset, Experiment, LrFinder, Pbt, Run
-from lrlab.runs import quotas, store
-from lrlab.schemas.spec import DatasetRef, RunSpec
+from lrlab.runs import offers, quotas, store
+from lrlab.schemas.spec import DatasetRef, ModelSpec, RunSpec
 from lrlab.settings import Settings, get_settings
 from lrlab.uploads import records
 
@@ -155,7 +155,8 @@ IdempotentDep = Annotated[Idempotent, Depends(_idempotent)]
 class Quota:
     """What a request's runs name and ask for: uploaded datasets that are the caller's own (404 otherwise, as for
     any other owner's object), and the owner's limits (429 with Retry-After). On success the owner's quota lock
-    is held until the request's commit: insert the runs before it."""
+    is held until the request's commit: insert the runs before it. check_models: models and datasets some live
+    worker offers, layer lists that fit their data (422 otherwise)."""
 
     def __init__(self, session: Session, owner: str, settings: Settings) -> None:
         self.session, self.owner, self.settings = session, owner, settings
@@ -176,6 +177,18 @@ class Quota:
             quotas.check_active(self.session, self.owner, 1, self.settings)
         except quotas.QuotaExceeded as exc:
             raise _over_quota(exc) from exc
+
+    def check_models(
+        self, pairs: Sequence[tuple[DatasetRef, ModelSpec]], at: Sequence[str] = ("body",), axes: Sequence[str] = ()
+    ) -> None:
+        """(dataset, model) of each spec; `at` as check_runs'. `axes`: a grid's dotted axes: a problem in the field
+        an axis sets is reported at the axis (body.grid.<axis>), any other at the base's field."""
+        try:
+            offers.check_models(self.session, self.owner, pairs, self.settings)
+        except offers.SpecProblem as exc:
+            dotted = ".".join(map(str, exc.loc))
+            axis = next((a for a in axes if dotted == a or dotted.startswith(a + ".")), None)
+            raise ApiError(422, ["body", "grid", axis] if axis else [*at, *exc.loc], exc.msg) from exc
 
     def _check_datasets(self, refs: Sequence[DatasetRef], at: Sequence[str]) -> None:
         try:

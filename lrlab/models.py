@@ -98,6 +98,8 @@ class Run(Base):
     lease_token: Mapped[str | None] = mapped_column(String(36))
     # The fused pack this run trained in (several runs stacked into one population), if any.
     pack_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # Why it trained on its own although its grid asked to fuse it (a plugin's model that cannot be stacked, ...).
+    not_fused_reason: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     # The population based training this run is a member of, if any (see Pbt, PbtMember).
     pbt_id: Mapped[str | None] = mapped_column(ForeignKey("pbt.id", ondelete="CASCADE"), index=True)
@@ -310,6 +312,8 @@ class WorkerHeartbeat(Base):
     device_name: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The plugins it offers (trainer.plugins' advertisement: models, datasets, refused); NULL until it has listed them.
+    plugins: Mapped[dict[str, Any] | None]
 
 
 class ApiKey(Base):

@@ -17,6 +17,7 @@ step (ADVANCE_SEARCH: lrlab.search.driver.advance).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -72,18 +73,20 @@ def runs(session: Session, queued: Sequence[Queued]) -> list[Message]:
 
 
 def experiment(session: Session, execution: str, queued: Sequence[Queued]) -> list[Message]:
-    """An experiment's runs: in packs of at most MAX_PACK_MEMBERS per queue (grid order kept) when it trains fused,
-    else one message per run. A pack that cannot be sent leaves its runs to go one by one (a pack is an
-    optimisation, never a requirement)."""
+    """An experiment's runs: in packs of at most MAX_PACK_MEMBERS per queue and model (a grid may vary the model:
+    `model.params.width`; grid order kept) when it trains fused, else one message per run. A pack that cannot be
+    sent leaves its runs to go one by one (a pack is an optimisation, never a requirement)."""
     if execution != "fused":
         return runs(session, queued)
     stamp = _stamp(session, Run, queued)
-    by_queue: dict[str, list[str]] = {}
+    by_queue: dict[tuple[str, str], list[str]] = {}
     for r in queued:
-        by_queue.setdefault(r.queue, []).append(r.id)
+        spec = getattr(r, "spec", None) or {}
+        model = json.dumps([spec.get("dataset"), spec.get("model")], sort_keys=True)
+        by_queue.setdefault((r.queue, model), []).append(r.id)
     return [
         Message(broker.TRAIN_PACK, pack, queue_name, Run, tuple(pack), stamp)
-        for queue_name, ids in by_queue.items()
+        for (queue_name, _), ids in by_queue.items()
         for pack in (ids[i : i + MAX_PACK_MEMBERS] for i in range(0, len(ids), MAX_PACK_MEMBERS))
     ]
 

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lrlab.schemas.layers import DEFAULT_MAX_PARAMETERS
+
 
 class Settings(BaseSettings):
     """Everything the api and the worker read from the environment.
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     )
     max_request_work: float = Field(
         2e9, gt=0, description="Epochs x training samples one request may ask for, summed over its runs."
+    )
+    max_model_parameters: int = Field(
+        DEFAULT_MAX_PARAMETERS, ge=1, description="Trainable parameters a `sequential` model may have (422 above)."
     )
     max_json_body_bytes: int = Field(1 << 20, ge=1024, description="Larger JSON request bodies get 413.")
     max_upload_bytes: int = Field(2 << 30, ge=1, description="Largest dataset file one upload may carry (413 above).")

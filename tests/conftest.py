@@ -21,6 +21,8 @@ import psycopg
 import pytest
 import redis
 
+from tests.example_plugin import ensure_example_plugin
+
 PG_ADMIN_URL = os.environ.get("LRLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("LRLAB_TEST_REDIS", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +99,9 @@ def redis_url(services: None) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service_env(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Point this process (and the workers it starts) at the private database and broker."""
+    """Point this process (and the workers it starts) at the private database and broker. Every worker started
+    from here offers the example plugin (examples/lrlab-example-plugin), installed first if it is not."""
+    ensure_example_plugin()
     data_dir = tmp_path_factory.mktemp("lrlab-data")
     env = {
         "LRLAB_DATABASE_URL": pg_url,

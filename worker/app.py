@@ -1,6 +1,9 @@
 """The worker's Celery app: shared config plus the tasks, a heartbeat that says which queues are served, and
 the reconciler (lrlab.runs.reconciler) that requeues runs of dead workers and sends what the broker lost.
 
+The heartbeat also says which plugins the worker offers (worker/plugins.py lists them at worker_init, in a
+subprocess): the API validates specs against them and the catalog lists them.
+
 Both threads start on worker_ready, which fires in the main process only: with the prefork pool that is the
 parent, which never trains (so never imports torch), and each worker host reconciles once, not per child.
 
@@ -29,7 +32,7 @@ from lrlab.db import session_scope
 from lrlab.models import WorkerHeartbeat, utcnow
 from lrlab.runs import reconciler
 from lrlab.settings import get_settings
-from worker import progress
+from worker import plugins, progress
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +43,35 @@ app.conf.include = ["worker.tasks"]
 app.conf.worker_proc_alive_timeout = 60.0
 
 _stop = threading.Event()
+FIRST_BEAT_WAIT_SECONDS = 30.0
 _children_shutting_down: Any = None  # a multiprocessing Event made before the prefork pool forks
 
 
 def _beat(hostname: str, queues: list[str]) -> None:
     has_gpu = GPU_QUEUE in queues
+    offered = plugins.advertisement()  # None until this worker has listed its plugins
     with session_scope() as session:
         row = session.get(WorkerHeartbeat, hostname)
         if row is None:
             session.add(
                 WorkerHeartbeat(
-                    hostname=hostname, queues=",".join(queues), has_gpu=has_gpu, device_name=None, last_seen_at=utcnow()
+                    hostname=hostname,
+                    queues=",".join(queues),
+                    has_gpu=has_gpu,
+                    device_name=None,
+                    last_seen_at=utcnow(),
+                    plugins=offered,
                 )
             )
         else:
-            row.queues, row.has_gpu, row.last_seen_at = ",".join(queues), has_gpu, utcnow()
+            row.queues, row.has_gpu, row.last_seen_at, row.plugins = ",".join(queues), has_gpu, utcnow(), offered
 
 
 def _heartbeat_loop(hostname: str, queues: list[str]) -> None:
     interval = get_settings().heartbeat_seconds
+    # the first beat carries the plugins (listed since worker_init, usually done before the worker is ready),
+    # unless listing them takes longer than this: then a later beat does
+    plugins.advertisement(wait=FIRST_BEAT_WAIT_SECONDS)
     while not _stop.is_set():
         try:
             _beat(hostname, queues)
@@ -116,6 +129,11 @@ def _warm_main_process(sender: object, **_: object) -> None:
     pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
     if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):  # the prefork parent never imports torch
         _warm_up()
+
+
+@signals.worker_init.connect
+def _list_plugins(**_: object) -> None:
+    plugins.start_discovery()  # in a subprocess: the prefork parent never imports torch
 
 
 @signals.worker_init.connect

@@ -2,7 +2,8 @@
 
 Each member is still a run of its own: claimed under its own lease, its points written by its own progress
 writer, its cancel honoured for it alone, its outcome recorded as if it had trained alone. A pack that can't
-be fused (dropout, different datasets) is sent back as separate runs, through the outbox. Each member
+be fused (dropout, different datasets, a plugin's model that cannot be stacked) is sent back as separate runs,
+through the outbox, each with the reason in not_fused_reason. Each member
 checkpoints as a separate run does (trainer.train's format, into its own checkpoint row, as often as
 LRLAB_CHECKPOINT_SECONDS allows): if the worker dies, the members' leases lapse, the reconciler requeues each
 one, and whichever worker claims it resumes it from its own last checkpoint, alone or in a pack again (the pack
@@ -38,17 +39,29 @@ def train_pack(run_ids: list[str], worker: str) -> None:
     configs = _queued_configs(run_ids)
     if not configs:
         return
-    reason = trainer.why_not_fusable(list(configs.values()))
+    reason = _why_not_fused(list(configs.values()))
     if reason is not None:
         log.info("pack of %d runs is not fusable (%s): sending them separately", len(configs), reason)
         with session_scope() as session:
-            queued = session.scalars(select(Run).where(Run.id.in_(configs), Run.status == RunStatus.queued.value))
-            messages = outbox.runs(session, list(queued))
+            queued = list(session.scalars(select(Run).where(Run.id.in_(configs), Run.status == RunStatus.queued.value)))
+            for run in queued:
+                run.not_fused_reason = reason  # each says why (the run page shows it)
+            messages = outbox.runs(session, queued)
         outbox.send(messages)
         return
     claims = steps.claim_queued(list(configs), worker)
     if claims:
         _train(claims, [configs[c.run_id] for c in claims])
+
+
+def _why_not_fused(configs: list[trainer.RunConfig]) -> str | None:
+    """The trainer's rule; for a model the engine has no code of its own for (a layer list, a plugin's), two
+    members built and tried stacked. A model or dataset that cannot be built at all is left to each run alone,
+    which fails with the message."""
+    try:
+        return trainer.why_not_fusable(configs, try_stacking=True, data_root=get_settings().dataset_root)
+    except Exception as exc:
+        return f"its model could not be tried stacked: {type(exc).__name__}: {str(exc)[:1000]}"
 
 
 def _queued_configs(run_ids: list[str]) -> dict[str, trainer.RunConfig]:

@@ -43,6 +43,8 @@ def create_experiment(
         cells = experiments.expand(request)
     except experiments.CellError as exc:
         raise ApiError(422, ["body", "grid", "cell", exc.index], str(exc)) from exc
+    axes = [axis for axis in request.grid.axes() if "." in axis]
+    quota.check_models([(c.spec.dataset, c.spec.model) for c in cells], at=("body", "base"), axes=axes)
     quota.check_runs([c.spec for c in cells], at=("body", "base"))
     broker.ensure_broker()
     experiment, runs = experiments.create_experiment(session, request, cells, owner=owner)

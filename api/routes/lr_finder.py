@@ -42,6 +42,7 @@ def create_lr_finder(
     A queued or running job counts as one run against LRLAB_MAX_ACTIVE_RUNS_PER_KEY."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
+    quota.check_models([(request.dataset, request.model)])
     quota.check_job(request.dataset)
     broker.ensure_broker()
     job = sweeps.create_job(session, request, owner=owner)

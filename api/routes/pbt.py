@@ -48,6 +48,7 @@ def create_pbt(
     if (replayed := idem.replay(session)) is not None:
         return replayed
     specs = [request.member_spec(k, {}) for k in range(request.population)]
+    quota.check_models([(request.base.dataset, request.base.model)], at=("body", "base"))
     quota.check_runs(specs, at=("body", "base"))
     broker.ensure_broker()
     try:

@@ -40,6 +40,7 @@ def create_run(
     """Queue one training run; poll `Location` (or its /curves) for progress."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
+    quota.check_models([(spec.dataset, spec.model)])
     quota.check_runs([spec])
     broker.ensure_broker()
     run = store.create_run(session, spec, broker.choose_queue(session, spec.device), owner=owner)

@@ -29,11 +29,39 @@ class Cell:
 
 
 class CellError(ValueError):
-    def __init__(self, index: int, params: dict[str, Any], error: ValidationError) -> None:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
-        super().__init__(f"cell {index} ({describe(params)}): {where}: {first['msg']}")
+    def __init__(self, index: int, params: dict[str, Any], error: ValidationError | PathError) -> None:
+        if isinstance(error, PathError):
+            where, msg = error.path, str(error)
+        else:
+            first = error.errors()[0]
+            where, msg = ".".join(str(p) for p in first["loc"]) or "spec", first["msg"]
+        super().__init__(f"cell {index} ({describe(params)}): {where}: {msg}")
         self.index = index
+
+
+class PathError(ValueError):
+    def __init__(self, path: str, msg: str) -> None:
+        super().__init__(msg)
+        self.path = path
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """spec[a][b][c] = value for the path "a.b.c": every part but the last must name an object (a model given
+    by name, "mlp", counts as {"name": "mlp"}; a plugin's `params` left out counts as {}); the last may be new
+    there (a plugin's parameter)."""
+    parts = path.split(".")
+    node = spec
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and part in ("model", "dataset", "optimizer"):
+            child = node[part] = {"name": child}
+        elif child is None and part == "params":  # a plugin's arguments, left out of the spec while empty
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise PathError(path, f"{where} is {'not set' if child is None else 'not an object'}: {path} cannot be set")
+        node = child
+    node[parts[-1]] = value
 
 
 def _short(model: BaseModel, key: str, skip: set[str]) -> str:
@@ -93,8 +121,11 @@ def expand(request: ExperimentCreate) -> list[Cell]:
             if key in choice:
                 spec[key] = params[key] = choice[key]
         try:
+            for key in (k for k in choice if "." in k):  # dotted paths, after the named axes they may refine
+                params[key] = choice[key]
+                set_path(spec, key, choice[key])
             cells.append((RunSpec.model_validate(spec), params))
-        except ValidationError as exc:
+        except (ValidationError, PathError) as exc:
             raise CellError(index, params, exc) from exc
     varying = [k for k in (cells[0][1] if cells else {}) if len({repr(p[k]) for _, p in cells}) > 1]
     shown = varying or list(cells[0][1]) if cells else []

@@ -17,7 +17,8 @@ from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import DatasetRef, RunSpec
 from lrlab.settings import Settings
 
-# A file under the dataset root is not opened by the API; it counts as this many samples in the work estimate.
+# A file under the dataset root, or a plugin's dataset, is not opened by the API; it counts as this many samples in
+# the work estimate.
 # An uploaded dataset counts as what it holds (measured when it was uploaded).
 NOMINAL_FILE_SAMPLES = 10_000
 # The first key of the Postgres advisory locks taken here ('lrlq'), so they can't collide with any other use.
@@ -34,7 +35,7 @@ class QuotaExceeded(Exception):
 
 
 def samples(dataset: DatasetRef, uploaded: dict[str, int] | None = None) -> int:
-    if dataset.name is not None:
+    if dataset.name in DATASETS:
         return int(DATASETS[dataset.name]["n_samples"])
     if dataset.id is not None and uploaded is not None and dataset.id in uploaded:
         return uploaded[dataset.id]

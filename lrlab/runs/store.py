@@ -57,6 +57,7 @@ def to_public(run: Run) -> RunPublic:
         experiment_id=run.experiment_id,
         params=run.params,
         pack_id=run.pack_id,
+        not_fused_reason=run.not_fused_reason,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,

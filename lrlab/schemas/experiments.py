@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from lrlab.schemas.plugins import finite
 from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.search import EarlyStopping, check_grace
 from lrlab.schemas.spec import (
@@ -25,11 +38,19 @@ from lrlab.schemas.spec import (
 )
 
 MAX_GRID_CELLS = 256
+MAX_PATH_AXES = 8
+PATH_AXIS = r"[a-z_]+(\.[A-Za-z_][A-Za-z0-9_]{0,63}){1,4}"  # model.params.width: at most 5 parts
+PathValues = Annotated[list[Annotated[JsonValue, AfterValidator(finite)]], Field(min_length=1, max_length=64)]
 MIN_SWEEP_LR = 1e-10  # the lr range test's smallest min_lr
 
 
 class Grid(Strict):
-    """Lists to combine; the cartesian product becomes one run per cell (at most 256 cells)."""
+    """Lists to combine; the cartesian product becomes one run per cell (at most 256 cells). Besides the named
+    axes, a dotted path into the run spec is an axis: `"model.params.width": [16, 64]` sets each cell's
+    model.params.width (a plugin model's parameter), `"optimizer.momentum": [0, 0.9]` its momentum."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, PathValues] = Field(init=False)
 
     optimizer: list[OptimizerSpec] | None = Field(
         None, min_length=1, max_length=64, description="Optimizer objects, each with or without its own lr."
@@ -41,8 +62,31 @@ class Grid(Strict):
     )
     batch_size: list[Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]] | None = Field(None, min_length=1, max_length=16)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        paths = [k for k in value if k not in cls.model_fields]
+        for key in paths:
+            if (
+                not isinstance(key, str)
+                or not re.fullmatch(PATH_AXIS, key)
+                or key.split(".")[0] not in RunSpec.model_fields
+            ):
+                msg = (
+                    f"unknown grid axis {key!r}: an axis is one of {', '.join(cls.model_fields)}, or a dotted path"
+                    f" into the run spec whose first part is one of its fields ({', '.join(RunSpec.model_fields)})"
+                )
+                error = InitErrorDetails(type=PydanticCustomError("extra_forbidden", msg), loc=(key,), input=value[key])
+                raise ValidationError.from_exception_data("Grid", [error])  # at grid.<key>, as a field's error
+        if len(paths) > MAX_PATH_AXES:
+            raise ValueError(f"{len(paths)} dotted axes; at most {MAX_PATH_AXES}")
+        return value
+
     def axes(self) -> dict[str, list[Any]]:
-        return {k: v for k, v in ((k, getattr(self, k)) for k in type(self).model_fields) if v is not None}
+        named = {k: v for k, v in ((k, getattr(self, k)) for k in type(self).model_fields) if v is not None}
+        return {**named, **(self.model_extra or {})}
 
     def cells(self) -> int:
         n = 1

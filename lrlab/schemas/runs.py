@@ -70,6 +70,13 @@ class RunPublic(BaseModel):
     experiment_id: str | None = None
     params: dict[str, Any] | None = Field(None, description="The grid values this run was made from.")
     pack_id: str | None = Field(None, description="The fused pack this run trained in, if any.")
+    not_fused_reason: str | None = Field(
+        None,
+        description=(
+            "Why the run trained on its own although its experiment asked to fuse it (a model with dropout, a"
+            " plugin's model that cannot be stacked, ...); null otherwise."
+        ),
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -27,7 +27,7 @@ def locs(resp: Any) -> list[list[Any]]:
     ("body", "loc"),
     [
         ({"dataset": "imagenet"}, ["body", "dataset", "name"]),
-        ({"model": "transformer"}, ["body", "model"]),
+        ({"model": "transformer"}, ["body", "model", "name"]),  # no live worker offers it (a plugin's name)
         ({"optimizer": {"name": "lion", "lr": 0.1}}, ["body", "optimizer"]),
         ({"optimizer": {"name": "adam", "lr": 0}}, ["body", "optimizer", "adam", "lr"]),
         ({"optimizer": {"name": "adam", "lr": -1}}, ["body", "optimizer", "adam", "lr"]),

@@ -64,7 +64,7 @@ function uploadName(id) {
  * until then) linked to the dataset's page.
  */
 export function datasetRef(ref) {
-  if (ref.name) return ref.name;
+  if (ref.name) return ref.params && Object.keys(ref.params).length ? `${ref.name} ${params(ref.params, [])}` : ref.name;
   if (ref.path) return `file:${ref.path}`;
   if (!ref.id) return "–";
   const link = h("a", { href: `/datasets/${encodeURIComponent(ref.id)}`, dataset: { role: "dataset", datasetId: ref.id } },

@@ -10,6 +10,19 @@ import {
 const RETRY_MS = 2000;
 const WAITING_POLL_MS = 3000;
 
+// A layer list as its types and arguments, a plugin's model as its name and parameters.
+function modelText(model) {
+  if (model.layers) return `sequential: ${model.layers.map(layerText).join(" → ")}`;
+  if (model.params) return `${model.name} (plugin) ${params(model.params, [])}`;
+  return `${model.name} ${params(model)}`;
+}
+
+function layerText(layer) {
+  if (layer.type === "residual") return `residual(${layer.layers.map(layerText).join(" → ")})`;
+  const args = params(Object.fromEntries(Object.entries(layer).filter(([, v]) => v !== null)), ["type"]);
+  return args ? `${layer.type}(${args})` : layer.type;
+}
+
 export async function runPage(app, id) {
   let run = await api(`/v1/runs/${id}`);
   setTitle(`Run ${shortId(id)}`);
@@ -89,7 +102,7 @@ export async function runPage(app, id) {
     const s = run.spec;
     spec.replaceChildren(h("h3", {}, "Spec"), facts([
       ["dataset", datasetRef(s.dataset)],
-      ["model", `${s.model.name} ${params(s.model)}`],
+      ["model", modelText(s.model)],
       ["optimizer", `${s.optimizer.name} ${params(s.optimizer)}`],
       ["schedule", `${s.schedule.kind} ${params(s.schedule)}`],
       ["epochs", s.epochs],
@@ -97,6 +110,8 @@ export async function runPage(app, id) {
       ["seed", s.seed],
       ["device", `${s.device}${run.device ? ` → ${run.device}` : ""} (queue ${run.queue})`],
       ["parameters", run.n_parameters?.toLocaleString()],
+      ["trained", run.pack_id ? `fused (pack ${shortId(run.pack_id)})`
+        : run.not_fused_reason && h("span", { dataset: { role: "not-fused" } }, `on its own: ${run.not_fused_reason}`)],
       ["patience", s.patience],
     ]));
     summarise();
