@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,23 +88,32 @@ def _train_epoch(run: RunSetup, batch_size: int, rules: EpochRules, device: torc
     n_train = len(y_train)
     model.train()
     perm = torch.randperm(n_train, generator=run.order).to(device)  # (N,)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    # Few ops per step (for a small model a step is mostly per-op dispatch): each step's predictions go into
+    # one buffer, compared with the labels once per epoch. With the divergence rules on, the loss comes to the
+    # host every step anyway: it is summed there, in float64 as the device would (same bits), with no tensor op.
+    predicted = torch.empty(n_train, dtype=torch.int64, device=device)  # (N,) in the epoch's order
+    watch = rules.watches_steps
+    loss_sum: Any = 0.0 if watch else torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     for i in range(0, n_train, batch_size):
         idx = perm[i : i + batch_size]
         xb, yb = x_train[idx], y_train[idx]  # (B, *input_shape), (B,)
         logits = model(xb)  # (B, C)
         loss = F.cross_entropy(logits, yb)
-        loss_sum += loss.detach().double() * len(idx)
-        correct += (logits.argmax(dim=1) == yb).sum()
+        torch.argmax(logits.detach(), dim=1, out=predicted[i : i + len(idx)])
         seen += len(idx)
-        if rules.watches_steps and rules.step(loss.item()):
-            break  # no update from a diverged loss
+        if watch:
+            value = loss.item()
+            loss_sum += value * len(idx)
+            if rules.step(value):
+                break  # no update from a diverged loss
+        else:
+            loss_sum += loss.detach().double() * len(idx)
         run.optimizer.zero_grad()
         loss.backward()
         run.optimizer.step()
-    return loss_sum.item() / seen, correct.item() / seen
+    correct = int((predicted[:seen] == y_train[perm[:seen]]).sum())
+    return (loss_sum if watch else loss_sum.item()) / seen, correct / seen
 
 
 @torch.no_grad()

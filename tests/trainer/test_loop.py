@@ -209,3 +209,58 @@ def test_train_builds_checkpoints_only_when_due() -> None:
 
     train(config, on_checkpoint=lambda c: built.append(c.epoch), checkpoint_due=due)
     assert asked == [1, 2, 3, 4, 5, 6] and built == [3, 6]
+
+
+def _epoch_as_it_was(run: object, batch_size: int, rules: object) -> tuple[float, float]:
+    """The epoch's bookkeeping before issue 15 (loss and accuracy accumulated on the device every step)."""
+    import torch.nn.functional as F
+
+    model, x, y = run.model, run.data.x_train, run.data.y_train  # type: ignore[attr-defined]
+    model.train()
+    perm = torch.randperm(len(y), generator=run.order)  # type: ignore[attr-defined]
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    for i in range(0, len(y), batch_size):
+        idx = perm[i : i + batch_size]
+        logits = model(x[idx])
+        loss = F.cross_entropy(logits, y[idx])
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (logits.argmax(dim=1) == y[idx]).sum()
+        seen += len(idx)
+        if rules.watches_steps and rules.step(loss.item()):  # type: ignore[attr-defined]
+            break
+        run.optimizer.zero_grad()  # type: ignore[attr-defined]
+        loss.backward()
+        run.optimizer.step()  # type: ignore[attr-defined]
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@pytest.mark.parametrize(
+    ("lr", "divergence"), [(1e-2, True), (1e-2, False), (30.0, True)], ids=["watched", "unwatched", "diverging"]
+)
+def test_train_epoch_metrics_equal_the_per_step_accumulation(lr: float, divergence: bool) -> None:
+    """Fewer ops per step (predictions into one buffer, the watched loss summed on the host) give the very
+    same training loss and accuracy, bit for bit, the diverging step's loss included."""
+    from trainer.divergence import chance_of
+    from trainer.epochs import EpochRules
+    from trainer.loop import _train_epoch
+    from trainer.setup import set_up
+
+    config = RunConfig(
+        dataset=DatasetConfig("digits"),
+        optimizer=OptimizerConfig("sgd", lr, {"momentum": 0.9}),
+        epochs=3,
+        batch_size=50,
+        divergence=DivergenceConfig(enabled=divergence),
+    )
+    device = torch.device("cpu")
+    ours, theirs = set_up(config, device), set_up(config, device)
+    rules = [EpochRules.start(config, chance_of(r.data.y_train, r.data.n_classes), None) for r in (ours, theirs)]
+    for _ in range(config.epochs):
+        got = _train_epoch(ours, config.batch_size, rules[0], device)
+        want = _epoch_as_it_was(theirs, config.batch_size, rules[1])
+        assert got == want and rules[0].reason == rules[1].reason
+        if rules[0].reason is not None:
+            break
+    assert (lr > 1) == (rules[0].reason is not None)
