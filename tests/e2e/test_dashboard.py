@@ -630,3 +630,41 @@ def test_cuda_run_without_gpu_worker_says_why_it_waits(up: str, page: Any) -> No
     page.wait_for_function("document.querySelector('h1 [data-role=status]')?.textContent === 'cancelled'")
     assert waiting.count() == 0
     page.goto("about:blank")
+
+
+def test_run_page_shows_a_plugins_model_and_why_it_trained_on_its_own(up: str, page: Any) -> None:
+    # the example plugin (installed by tests/conftest.py before a worker starts; `lrlab up`'s worker lists it)
+    tiny = {"name": "tiny-transformer", "params": {"width": 8, "heads": 2, "depth": 1, "dropout": 0.1}}
+    base = {"model": tiny, "dataset": {"name": "motifs", "params": {"n_samples": 200, "length": 8}}, "epochs": 1}
+    body = {"name": "plugin", "base": base, "grid": {"seed": [0, 1]}, "execution": "fused"}
+    offered = lambda: any(m["name"] == "tiny-transformer" for m in _http("GET", f"{up}/v1/catalog")[1]["models"])  # noqa: E731
+    wait_for(offered, 60, "the worker's first heartbeat, with its plugins")
+    status, created = _http("POST", f"{up}/v1/experiments", body)
+    assert status == 202, created
+
+    def finished() -> Any:
+        run = _http("GET", f"{up}/v1/runs/{created['runs'][0]}")[1]
+        return run if run["status"] == "succeeded" else None
+
+    run = wait_for(finished, 120, "the first member")
+    page.goto(f"{up}/runs/{run['id']}")
+    reason = page.locator("[data-role=not-fused]")
+    reason.wait_for()
+    assert "on its own" in reason.inner_text() and "draws random numbers" in reason.inner_text()
+    facts = "\n".join(page.locator(".facts").all_inner_texts())  # the summary and the spec
+    assert "tiny-transformer (plugin) width=8 heads=2 depth=1 dropout=0.1" in facts, facts
+    assert "motifs n_samples=200 length=8" in facts, facts
+    page.goto("about:blank")
+
+
+def test_run_page_shows_a_layer_list(up: str, page: Any) -> None:
+    layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, "relu", "flatten", "linear"]
+    model = {"name": "sequential", "layers": layers}
+    status, created = _http("POST", f"{up}/v1/runs", {"dataset": "digits", "model": model, "epochs": 1})
+    assert status == 202, created
+    page.goto(f"{up}/runs/{created['id']}")
+    page.wait_for_function("document.querySelector('h1 [data-role=status]')?.textContent === 'succeeded'")
+    facts = "\n".join(page.locator(".facts").all_inner_texts())  # the summary and the spec
+    expected = "sequential: conv2d(out_channels=4 kernel_size=3 stride=1 padding=0 bias=true) → relu → flatten"
+    assert expected in facts and "linear(bias=true)" in facts, facts
+    page.goto("about:blank")

@@ -251,7 +251,8 @@ function submitForm(catalog, query) {
     h("h2", {}, "New run"),
     h("div", { class: "field-grid" },
       field("dataset", select("dataset", catalog.datasets.map((d) => d.name), query.get("dataset") || "digits")),
-      field("model", select("model", catalog.models.map((m) => m.name), "mlp")),
+      // a layer list needs its layers: submitted as JSON (README, "Train your own model"), not from this form
+      field("model", select("model", catalog.models.filter((m) => m.name !== "sequential").map((m) => m.name), "mlp")),
       field("optimizer", optimizer),
       field("lr", lr),
       field("epochs", number("epochs", 5, { min: "1", max: "10000" })),
