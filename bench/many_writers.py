@@ -61,27 +61,49 @@ def child(args: argparse.Namespace) -> None:
     transactions: list[tuple[float, float]] = []  # (commit time, seconds)
     committed = Counter[str]()
 
-    class TimedWriter(ProgressWriter):
-        """The real writer; its transaction timed from outside (the class is not changed)."""
+    import worker.progress as progress
 
-        def _write(self, items: list[Any]) -> None:
+    def record(writer: Any, items: list[Any], t0: float, t1: float) -> None:
+        if writer._error is not None or writer.lost.is_set():
+            return
+        for kind, p in items:
+            if kind == "point":
+                latencies.append((p["_put"], t1 - p["_put"]))
+                committed[writer.run_id] += 1
+
+    if hasattr(progress, "_Hub"):  # one writer thread per process: time its transactions (the class is unchanged)
+        hub_transaction = progress._Hub._transaction
+
+        def timed(self: Any, ready: list[Any], rows: list[Any]) -> None:
             t0 = time.time()
-            super()._write(items)
+            hub_transaction(self, ready, rows)
             t1 = time.time()
-            if self._error is not None or self.lost.is_set():
-                return
             with stats_lock:
                 transactions.append((t1, t1 - t0))
-                for kind, p in items:
-                    if kind == "point":
-                        latencies.append((p["_put"], t1 - p["_put"]))
-                        committed[self.run_id] += 1
+                for w, items in ready:
+                    record(w, items, t0, t1)
+
+        progress._Hub._transaction = timed  # type: ignore[method-assign]
+        writer_class: Any = ProgressWriter
+    else:  # a thread and a transaction per run (before issue 15)
+
+        class TimedWriter(ProgressWriter):
+            def _write(self, items: list[Any]) -> None:
+                t0 = time.time()
+                super()._write(items)  # type: ignore[misc]
+                t1 = time.time()
+                with stats_lock:
+                    if self._error is None and not self.lost.is_set():
+                        transactions.append((t1, t1 - t0))
+                    record(self, items, t0, t1)
+
+        writer_class = TimedWriter
 
     start, stop = args.start_at, args.start_at + args.warmup + args.seconds
     # As in a worker, the engine exists before any writer: its cached constructor is not safe to race (writers
     # calling it first, all at once, would each build an engine with a pool of its own).
     get_engine()
-    writers = [TimedWriter(run_id, lease_token=token, lease_seconds=args.lease_seconds) for run_id, token, _ in runs]
+    writers = [writer_class(run_id, lease_token=token, lease_seconds=args.lease_seconds) for run_id, token, _ in runs]
     failed: dict[str, str] = {}
     put = Counter[str]()
     backlog: list[tuple[float, int]] = []

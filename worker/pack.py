@@ -12,7 +12,6 @@ message is redelivered too).
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import asdict
 
@@ -28,7 +27,7 @@ from lrlab.search import driver as searches
 from lrlab.settings import get_settings
 from worker import steps
 from worker.halving import halving_for
-from worker.progress import close_writer
+from worker.progress import close_writers
 from worker.uploads import materialize
 
 log = logging.getLogger(__name__)
@@ -114,17 +113,20 @@ def _train(claims: list[leases.Claim], configs: list[trainer.RunConfig]) -> None
         )
     except Exception as exc:
         log.exception("pack %s failed", pack_id)
+        close_writers(writers)
         for claim, writer in zip(claims, writers, strict=True):
-            close_writer(writer)
             if not writer.lost.is_set():
                 steps.record_failure(claim.run_id, claim.token, exc)
         return
-    for claim, writer, result in zip(claims, writers, results, strict=True):
-        if not close_writer(writer) or writer.lost.is_set():
+    # The members' last points, then their outcomes, each in one transaction for the whole pack.
+    finished = []
+    for claim, writer, result, closed in zip(claims, writers, results, close_writers(writers), strict=True):
+        if not closed or writer.lost.is_set():
             log.warning("run %s of pack %s: progress not ours any more; its lease decides", claim.run_id, pack_id)
             continue
         if steps.handed_back(claim.run_id, claim.token, writer, result):  # each resumes alone, or in a new pack
             continue
-        stopped_at = halving.stopped_at(claim.run_id) if halving is not None else None
-        steps.record_run(claim.run_id, claim.token, functools.partial(steps.outcome, claim.run_id, result, stopped_at))
+        finished.append((claim, result, halving.stopped_at(claim.run_id) if halving is not None else None))
+    if finished:
+        steps.record_outcomes(finished)
     searches.follow(ids)  # a search's trials: tell them, ask the next batch

@@ -27,9 +27,8 @@ from lrlab import outbox
 from lrlab.advice import pipeline as advice
 from lrlab.db import get_engine, session_scope
 from lrlab.models import CurvePoint, Run
-from lrlab.reports.analysis import summarize
+from lrlab.reports import columnar, curves
 from lrlab.runs import leases
-from lrlab.runs.store import points
 from lrlab.schemas import RunStatus
 from lrlab.settings import get_settings
 from lrlab.storage import StorageError
@@ -72,8 +71,8 @@ def claim_job(job_id: str, worker: str) -> leases.JobClaim | None:
 
 
 def claim_queued(run_ids: Sequence[str], worker: str) -> list[leases.Claim]:
-    """Every one of these runs that is still queued, each under its own lease."""
-    return [c for run_id in run_ids if (c := claim(run_id, worker)) is not None]
+    """Every one of these runs that is still queued, each under its own lease, claimed in one transaction."""
+    return leases.claim_runs(list(run_ids), worker, lease_seconds=get_settings().lease_seconds)
 
 
 def writer(claim: leases.Claim) -> ProgressWriter:
@@ -165,14 +164,24 @@ def outcome(run_id: str, result: trainer.TrainResult, stopped_at: int | None = N
 
     `stopped_at`: the rung at which successive halving stopped the run (worker/halving.py): it ends `stopped`.
     """
-    halted = stopped_at is not None and result.status == "stopped"
+    return outcomes([(run_id, result, stopped_at)])[0]
+
+
+def outcomes(results: Sequence[tuple[str, trainer.TrainResult, int | None]]) -> list[dict[str, Any]]:
+    """outcome() of several runs, their stored curves read in one query (lrlab.reports: as columns)."""
     with session_scope() as session:
-        summary = summarize(
-            points(session, run_id),
-            diverged_at=result.diverged_at,
-            reason=f"not among the top runs at epoch {stopped_at} (successive halving)" if halted else result.reason,
-            early_stopped=result.early_stopped,
-        )
+        stored = curves.fetch(session, [run_id for run_id, _, _ in results])
+    return [_outcome(stored.get(run_id) or curves.empty_curve(), r, at) for run_id, r, at in results]
+
+
+def _outcome(curve: curves.Curve, result: trainer.TrainResult, stopped_at: int | None) -> dict[str, Any]:
+    halted = stopped_at is not None and result.status == "stopped"
+    summary = columnar.summarize(
+        curve,
+        diverged_at=result.diverged_at,
+        reason=f"not among the top runs at epoch {stopped_at} (successive halving)" if halted else result.reason,
+        early_stopped=result.early_stopped,
+    )
     summary.stopped_at = stopped_at if halted else None
     return {
         "status": (RunStatus.stopped if halted else OUTCOME[result.status]).value,
@@ -209,6 +218,28 @@ def _finish(what: str, call: Callable[[], bool]) -> bool | None:
     except OperationalError:
         log.error("%s: database unreachable, giving up; the lease will lapse and it will resume", what)
         return None
+
+
+def record_outcomes(finished: Sequence[tuple[leases.Claim, trainer.TrainResult, int | None]]) -> list[bool]:
+    """record_run of outcome() for several runs at once (a pack's members): their curves read in one query, their
+    outcomes written in one transaction. Should anything go wrong (an outcome that cannot be made or stored, an
+    outage that outlasts the retries), each is recorded alone instead, as record_run does (nothing was written)."""
+    try:
+        values = outcomes([(c.run_id, result, at) for c, result, at in finished])
+        rows = [(c.run_id, c.token, v) for (c, _, _), v in zip(finished, values, strict=True)]
+        done = through_outages(f"recording the outcomes of {len(rows)} runs")(lambda: leases.finish_runs(rows))
+    except Exception:
+        log.warning("recording %d outcomes together failed: recording each alone", len(finished), exc_info=True)
+        return [
+            record_run(c.run_id, c.token, functools.partial(outcome, c.run_id, result, at))
+            for c, result, at in finished
+        ]
+    for (c, _, _), recorded in zip(finished, done, strict=True):
+        if recorded:
+            advance_advice(run_id=c.run_id)
+        else:
+            log.warning("run %s: lease lost before its outcome was recorded; another worker owns it", c.run_id)
+    return done
 
 
 def record_run(run_id: str, token: str, values: Callable[[], dict[str, Any]]) -> bool:

@@ -117,6 +117,56 @@ def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -
         )
 
 
+def claim_runs(run_ids: list[str], worker: str, *, lease_seconds: float | None = None) -> list[Claim]:
+    """claim_run for several runs in one transaction (a fused pack's members): those still queued, in the given
+    order. They share one token: a token fences row by row (each run is renewed, finished or handed back where
+    its own row carries it), so a member requeued and claimed elsewhere is no longer ours, whatever the others."""
+    seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
+    token, now = new_id(), utcnow()
+    with session_scope() as session:
+        moved = set(
+            session.execute(
+                update(Run)
+                .where(Run.id.in_(run_ids), Run.status == QUEUED)
+                .values(
+                    status=RUNNING,
+                    started_at=func.coalesce(Run.started_at, now),
+                    worker=worker,
+                    attempts=Run.attempts + 1,
+                    lease_token=token,
+                    lease_expires_at=now + timedelta(seconds=seconds),
+                )
+                .returning(Run.id)
+                .execution_options(synchronize_session=False)
+            ).scalars()
+        )
+        if not moved:
+            return []
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(moved)))}
+        ckpts = {c.run_id: c for c in session.scalars(select(Checkpoint).where(Checkpoint.run_id.in_(moved)))}
+        members = {
+            r[0]: r[1]
+            for r in session.execute(select(PbtMember.run_id, PbtMember.epoch).where(PbtMember.run_id.in_(moved)))
+        }
+        epochs = {r: members[r] if runs[r].pbt_id is not None else (ckpts[r].epoch if r in ckpts else 0) for r in moved}
+        for epoch in set(epochs.values()):  # as claim_run: drop the epochs past each run's resume point
+            ids = [r for r, e in epochs.items() if e == epoch]
+            session.execute(delete(CurvePoint).where(CurvePoint.run_id.in_(ids), CurvePoint.epoch > epoch))
+        return [
+            Claim(
+                run_id=r,
+                token=token,
+                spec=dict(runs[r].spec),
+                attempts=runs[r].attempts,
+                checkpoint=bytes(ckpts[r].data) if r in ckpts else None,
+                checkpoint_epoch=epochs[r],
+                pbt_id=runs[r].pbt_id,
+            )
+            for r in dict.fromkeys(run_ids)
+            if r in moved
+        ]
+
+
 # Raw SQL prepared once, like store.UPSERT_POINT: the progress writer runs it twice a second per run.
 RENEW_LEASE = text(
     "UPDATE run SET lease_expires_at = :expires WHERE id = :id AND lease_token = :token AND status = :running"
@@ -144,6 +194,24 @@ def finish_run(run_id: str, token: str, **values: Any) -> bool:
         if moved:
             session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
         return bool(moved)
+
+
+def finish_runs(outcomes: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
+    """finish_run for several (run id, token, values) in one transaction: whether each was recorded."""
+    done = []
+    with session_scope() as session:
+        for run_id, token, values in outcomes:
+            moved = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.lease_token == token, Run.status == RUNNING)
+                .values(finished_at=utcnow(), lease_token=None, lease_expires_at=None, **values)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            done.append(bool(moved))
+        finished = [run_id for (run_id, _, _), ok in zip(outcomes, done, strict=True) if ok]
+        if finished:
+            session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(finished)))
+    return done
 
 
 def release_run(run_id: str, token: str) -> bool:

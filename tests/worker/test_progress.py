@@ -48,10 +48,57 @@ def test_writer_gives_run_up_rather_than_failing_when_database_stays_away(q: Any
     writer = ProgressWriter(run_id, lease_token=claim.token, flush_seconds=0, poll_seconds=0.05, retry_seconds=0)
     writer.put_point(pt(1))
     wait_for(lambda: epochs(run_id) == [1], 5, "epoch 1 written")
-    pid = writer._conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    pid = writer.connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
     with session_scope() as s:  # the writer's connection dies as in a database restart
         s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     wait_for(writer.lost.is_set, 5, "the writer to give up")
     writer.close()
     assert "database unreachable" in writer.lost_reason
     assert row(run_id).status == "running"  # left to the lease: requeued and resumed, never failed
+
+
+def claimed(q: Any, n: int) -> list[leases.Claim]:
+    out = []
+    for _ in range(n):
+        claim = leases.claim_run(new_run(q[0]), "w1", lease_seconds=30)
+        assert claim is not None
+        out.append(claim)
+    return out
+
+
+def test_writers_of_a_process_share_one_connection_and_transaction(q: Any) -> None:
+    """Twenty runs' points go through one hub: one connection; a stolen lease or a failing action stops its own
+    run only; a cancel reaches its own writer."""
+    from worker.progress import close_all
+
+    claims = claimed(q, 20)
+    writers = [ProgressWriter(c.run_id, lease_token=c.token, flush_seconds=0.2, poll_seconds=0.05) for c in claims]
+    set_run(claims[3].run_id, lease_token="someone-else")
+    set_run(claims[4].run_id, cancel_requested=True)
+    ran: list[str] = []
+    for epoch in (1, 2, 3):
+        for w in writers:
+            w.put_point(pt(epoch))
+    writers[5].put_action(lambda conn: (_ for _ in ()).throw(ValueError("bad checkpoint")))
+    writers[6].put_action(lambda conn: ran.append("six"))
+    wait_for(writers[4].cancel_requested.is_set, 5, "the cancel")
+    close_all(writers)
+    assert len({id(w.connection) for w in writers}) == 1
+    for i, c in enumerate(claims):
+        assert epochs(c.run_id) == ([] if i == 3 else [1, 2, 3]), i
+    assert writers[3].lost.is_set() and not any(w.lost.is_set() for i, w in enumerate(writers) if i != 3)
+    assert ran == ["six"] and writers[5].should_stop() is False
+    with pytest.raises(RuntimeError, match="could not record progress"):
+        writers[5].close()
+    assert [w.cancel_requested.is_set() for w in writers].count(True) == 1
+
+
+def test_points_wait_for_the_flush_interval_and_close_writes_them(q: Any) -> None:
+    (claim,) = claimed(q, 1)
+    writer = ProgressWriter(claim.run_id, lease_token=claim.token, flush_seconds=30, poll_seconds=30)
+    wait_for(lambda: writer._last_write > 0, 5, "the writer's first visit")  # its lease checked at once
+    writer.put_point(pt(1))
+    writer.put_point(pt(2))
+    assert epochs(claim.run_id) == []  # not due for 30 s: the training thread did not wake the writer
+    writer.close()
+    assert epochs(claim.run_id) == [1, 2]

@@ -102,3 +102,53 @@ def test_claim_lr_finder_once_with_a_lease_that_only_its_holder_renews_and_finis
     assert leases.finish_lr_finder(job_id, claims[0].token, status="succeeded", result={"points": []}) is True
     got = job_row(job_id)
     assert (got.status, got.result, got.lease_token, got.lease_expires_at) == ("cancelled", {"points": []}, None, None)
+
+
+def test_claim_runs_takes_the_queued_ones_once_in_one_transaction(q: Any) -> None:
+    """A pack's claim: each member as claim_run would claim it (its checkpoint, its later points dropped), only
+    those still queued, each by one of several racing workers."""
+    from lrlab.runs import store
+    from tests.rows import epochs, pt
+
+    ids = [new_run(q[0]) for _ in range(6)]
+    set_run(ids[1], status="cancelled")
+    with session_scope() as s:
+        leases.save_checkpoint(s, ids[2], 2, b"epoch 2")
+        store.upsert_points(s, ids[2], [pt(e) for e in (1, 2, 3, 4)])
+        store.upsert_points(s, ids[3], [pt(1)])
+    barrier = threading.Barrier(4)
+
+    def claim(i: int) -> list[leases.Claim]:
+        barrier.wait()
+        return leases.claim_runs(ids, f"w{i}", lease_seconds=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(claim, range(4)))
+    claimed = [c for b in batches for c in b]
+    assert sorted(c.run_id for c in claimed) == sorted(set(ids) - {ids[1]})
+    winner = next(b for b in batches if b)
+    assert [c.run_id for c in winner] == [i for i in ids if i != ids[1]]  # all by one worker, in the pack's order
+    by_id = {c.run_id: c for c in claimed}
+    assert (by_id[ids[2]].checkpoint, by_id[ids[2]].checkpoint_epoch) == (b"epoch 2", 2)
+    assert (by_id[ids[0]].checkpoint, by_id[ids[0]].checkpoint_epoch) == (None, 0)
+    assert epochs(ids[2]) == [1, 2] and epochs(ids[3]) == []  # past the checkpoint, trained again
+    for run_id in by_id:
+        got = row(run_id)
+        assert (got.status, got.attempts, got.lease_token) == ("running", 1, by_id[run_id].token)
+    assert row(ids[1]).status == "cancelled"
+
+
+def test_finish_runs_records_only_where_the_lease_is_still_the_tokens(q: Any) -> None:
+    ids = [new_run(q[0]) for _ in range(3)]
+    claims = leases.claim_runs(ids, "w1", lease_seconds=30)
+    with session_scope() as s:
+        for c in claims:
+            leases.save_checkpoint(s, c.run_id, 1, b"x")
+    set_run(ids[1], lease_token="someone-else")
+    done = leases.finish_runs([(c.run_id, c.token, {"status": "succeeded"}) for c in claims])
+    assert done == [True, False, True]
+    assert [row(i).status for i in ids] == ["succeeded", "running", "succeeded"]
+    assert row(ids[0]).lease_token is None and row(ids[0]).finished_at is not None
+    with session_scope() as s:
+        kept = set(s.scalars(select(Checkpoint.run_id).where(Checkpoint.run_id.in_(ids))))
+    assert kept == {ids[1]}
