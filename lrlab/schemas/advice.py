@@ -21,6 +21,7 @@ BY_NAME: dict[str, dict[str, Any]] = {"sgd": {"name": "sgd", "momentum": 0.9}}
 MAX_OPTIMIZERS = 8
 MAX_SEEDS = 10
 MAX_SCHEDULES = 4
+MAX_SEED = 2**31 - 1  # RunSpec.seed's bound
 
 
 class AdviceStatus(enum.StrEnum):
@@ -102,6 +103,12 @@ class AdviceCreate(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> AdviceCreate:
+        if self.base.seed + self.seeds - 1 > MAX_SEED:
+            raise _invalid(
+                ("seeds",),
+                f"the replicates' seeds, base.seed ({self.base.seed}) to base.seed + seeds - 1, pass {MAX_SEED}",
+                self.seeds,
+            )
         seen: dict[str, int] = {}
         for i, optimizer in enumerate(self.optimizers):
             key = settings_key(optimizer)

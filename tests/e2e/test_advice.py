@@ -313,6 +313,7 @@ def test_idempotent_and_refused_requests_write_nothing(lab: Lab) -> None:
         ({"seeds": 2.0}, ["body", "seeds"]),
         ({"schedules": [{"kind": "cosine", "warmup_epochs": 3}]}, ["body", "schedules", 0, "warmup_epochs"]),
         ({"base": {**BASE, "epochs": 0}}, ["body", "base", "epochs"]),
+        ({"base": {**BASE, "seed": 2**31 - 2}, "seeds": 3}, ["body", "seeds"]),  # the replicates' seeds
         (
             {"base": {**BASE, "optimizer": {"name": "adam", "lr": math.inf}}},
             ["body", "base", "optimizer", "adam", "lr"],
