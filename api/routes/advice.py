@@ -51,6 +51,7 @@ def create_advice(
     train (all at once, as if they were asked for now) and its range tests."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
+    quota.check_models([(request.base.dataset, request.base.model)], at=("body", "base"))
     quota.check_runs(planned_runs(request), at=("body", "base"), jobs=len(request.optimizers))
     broker.ensure_broker()
     advice, jobs, messages = pipeline.create(session, request, owner=owner)

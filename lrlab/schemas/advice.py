@@ -211,7 +211,8 @@ class AdviceVerdict(Verdict):
 
 class Compute(BaseModel):
     epochs_trained: float = Field(
-        description="Epochs stored across every run of the advice, and the range tests' steps as epochs."
+        description="Epochs stored across every run of the advice, and the range tests' steps as epochs of the"
+        " training split (a plugin's dataset, or a file, counts as 10,000 samples there, as in the quota)."
     )
     full_grid_epochs: int = Field(
         description="The same candidates (every optimizer x lr the search tried, every schedule tried) over every"

@@ -36,6 +36,7 @@ from lrlab.models import CurvePoint, Experiment, LrFinder, Run
 from lrlab.reports import analysis
 from lrlab.schemas.compare import ReplicateGroup
 from tests.conftest import ROOT, private_database, spare_redis_db, start_worker, stop_process, wait_for
+from tests.example_plugin import ensure_example_plugin
 
 pytestmark = pytest.mark.service
 
@@ -92,6 +93,7 @@ def lab(services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
         env = {k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}
         env.update(FAST, LRLAB_DATABASE_URL=database, LRLAB_BROKER_URL=broker, LRLAB_DATA_DIR=str(logs / "data"))
         upgrade(database)
+        ensure_example_plugin()  # the workers offer its model and dataset
         port = _free_port()
         api = subprocess.Popen(
             [sys.executable, "-m", "lrlab.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
@@ -156,8 +158,9 @@ def get(lab: Lab, path: str) -> Any:
 # --- the whole answer ---------------------------------------------------------------------------
 
 
-def check_advice(lab: Lab, advice: dict[str, Any], request: dict[str, Any]) -> None:
-    """Every stage's objects exist and say what the advice says about them; the answer follows from them."""
+def check_advice(lab: Lab, advice: dict[str, Any], request: dict[str, Any], n_samples: int = 1797) -> None:
+    """Every stage's objects exist and say what the advice says about them; the answer follows from them.
+    `n_samples`: the dataset's, as the api counts it (a plugin's dataset: the quota's nominal 10,000)."""
     epochs, seeds = request["base"]["epochs"], request["seeds"]
     assert advice["status"] == "succeeded" and advice["stage"] == "verdict", advice
     # 1. a range test per optimizer; the search centres on its suggestion, spanning at least 30x
@@ -256,7 +259,7 @@ def check_advice(lab: Lab, advice: dict[str, Any], request: dict[str, Any]) -> N
         steps = sum(
             len(j.result["points"]) for j in s.scalars(select(LrFinder).where(LrFinder.advice_id == advice["id"]))
         )
-    swept = steps * request["base"]["batch_size"] / (1797 - round(1797 * 0.2))
+    swept = steps * request["base"]["batch_size"] / (n_samples - round(n_samples * 0.2))
     assert advice["compute"]["epochs_trained"] == pytest.approx(stored + swept, abs=0.01)
     assert advice["compute"]["full_grid_epochs"] == (len(search["candidates"]) + 1) * seeds * epochs
 
@@ -292,6 +295,23 @@ def test_advise_from_the_command_line_to_a_verdict(lab: Lab, tmp_path: Path) -> 
     assert advice_id in [a.id for a in lab_client.advice_list().data]
     run = lab_client.submit_run(winner["spec"])
     assert run.status == "queued"
+
+
+def test_advice_for_a_plugin_model(lab: Lab) -> None:
+    """Which optimizer and lr for your own model: the example plugin's transformer on its motifs dataset."""
+    model = {"name": "tiny-transformer", "params": {"width": 8, "heads": 2, "depth": 1}}
+    dataset = {"name": "motifs", "params": {"n_samples": 300, "length": 12}}
+    offered = lambda: any(m["name"] == model["name"] for m in get(lab, "/v1/catalog")["models"])  # noqa: E731
+    wait_for(offered, 60, "the workers' plugins in the catalog")
+    request = {**REQUEST, "name": "plugin", "base": {**BASE, "dataset": dataset, "model": model, "batch_size": 32}}
+    advice = wait_finished(lab, lab.client().advise(request).id)
+    check_advice(lab, advice, request, n_samples=10_000)
+    spec = advice["recommendation"]["spec"]
+    assert spec["model"] == model and {k: spec["dataset"][k] for k in dataset} == dataset
+    refused = httpx.post(
+        f"{lab.url}/v1/advice", json={**request, "base": {**request["base"], "model": {"name": "vit"}}}
+    )
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "base", "model", "name"]
 
 
 def test_idempotent_and_refused_requests_write_nothing(lab: Lab) -> None:
