@@ -343,7 +343,11 @@ def reconcile(*, app: Celery | None = None) -> list[str]:
         due = [a.id for a in active if stage_done(session, a)]
     moved = []
     for advice_id in due:
-        advanced, messages = advance(advice_id)  # decides only if still due, under the advice's lock
+        try:
+            advanced, messages = advance(advice_id)  # decides only if still due, under the advice's lock
+        except Exception:  # one advice that cannot move on (logged) holds up neither the others nor the pass
+            log.exception("advice %s: could not move it on; the next pass tries again", advice_id)
+            continue
         outbox.send(messages, app=app)
         if advanced:
             moved.append(advice_id)
