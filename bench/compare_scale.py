@@ -275,10 +275,20 @@ ENDPOINTS = [
 ]
 
 
+def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every non-null leaf of parsed JSON with its path: fields a tree added as null do not count."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{path}[{i}]")]
+    return [] if value is None else [(path, value)]
+
+
 def fingerprint(kind: str, body: bytes) -> str:
-    """What must match across trees: parsed JSON (numbers exactly), parsed events, or the bytes of an image."""
+    """What must match across trees: every non-null value of the parsed JSON (numbers exactly; a field another
+    change added as null is no difference), the parsed events, or the bytes of an image."""
     if kind == "json":
-        canonical = json.dumps(json.loads(body), sort_keys=True).encode()
+        canonical = json.dumps(sorted(_leaves(json.loads(body))), default=str).encode()
     elif kind == "sse":
         events = [block for block in body.decode().split("\n\n") if block and not block.startswith(":")]
         parsed = []

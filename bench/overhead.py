@@ -7,6 +7,11 @@ Three timings of one spec, measured side by side, alternating, after a warm-up o
 
   python bench/overhead.py --epochs 400 --repeats 3            # Postgres + Redis on localhost
   python bench/overhead.py --embedded --epochs 400             # SQLite database and transport
+  python bench/overhead.py --tree /tmp/lrlab-before --tree .   # two checkouts side by side, one invocation
+
+With --tree, each checkout gets its own api and worker (and database), and its `trainer` path runs in a warm
+process of its own started from that checkout; `bare` stays in this process. The service's end is read from
+the run's event stream (one connection, woken by the database), not by polling, which loaded the api.
 
 Prints a Markdown table of seconds and ratios to bare.
 """
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,19 +102,35 @@ def _http(method: str, url: str, body: Any = None) -> Any:
         return json.loads(resp.read())
 
 
-def service_run(base: str, spec: dict[str, Any]) -> float:
+def _wait_finished(base: str, run_id: str) -> str:
+    """Until the run ends, from its event stream (its last `status` event); polls if there is no stream."""
+    status = "queued"
+    try:
+        with urllib.request.urlopen(f"{base}/v1/runs/{run_id}/events", timeout=3600) as resp:
+            kind = ""
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "status":
+                    status = json.loads(line[6:])["status"]
+    except urllib.error.HTTPError:
+        pass
+    while status in ("queued", "running"):
+        time.sleep(POLL)
+        status = _http("GET", f"{base}/v1/runs/{run_id}")["status"]
+    return status
+
+
+def service_run(base: str, spec: dict[str, Any], epoch_seconds: list[float] | None = None) -> float:
     t0 = time.perf_counter()
     run_id = _http("POST", f"{base}/v1/runs", spec)["id"]
-    while True:
-        status = _http("GET", f"{base}/v1/runs/{run_id}")["status"]
-        if status not in ("queued", "running"):
-            break
-        time.sleep(POLL)
+    status = _wait_finished(base, run_id)
     elapsed = time.perf_counter() - t0
     if status != "succeeded":
         raise RuntimeError(f"service run ended {status}")
     run = _http("GET", f"{base}/v1/runs/{run_id}")
-    EPOCH_SECONDS.append(run["summary"]["seconds"])
+    (EPOCH_SECONDS if epoch_seconds is None else epoch_seconds).append(run["summary"]["seconds"])
     return elapsed
 
 
@@ -126,7 +148,47 @@ CLI = [sys.executable, "-m", "lrlab.cli"]
 
 
 def _quiet(env: dict[str, str]) -> dict[str, Any]:
-    return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
+    """Output discarded; run from the checkout BENCH_TREE names (its code first on PYTHONPATH), else this one."""
+    return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": env.get("BENCH_TREE", ROOT), "env": env}
+
+
+def for_tree(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """`env` for processes of the checkout at `tree`."""
+    return {**env, "BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}
+
+
+class TrainerProcess:
+    """trainer.train of one checkout in a warm process of its own: a spec in on stdin, seconds out."""
+
+    CODE = (
+        "import json, sys, time, torch; torch.set_num_threads(1); import trainer\n"
+        "for line in sys.stdin:\n"
+        "    spec = json.loads(line); t = time.perf_counter()\n"
+        "    trainer.train(trainer.RunConfig.from_spec(spec), device='cpu')\n"
+        "    print(time.perf_counter() - t, flush=True)\n"
+    )
+
+    def __init__(self, tree: Path) -> None:
+        env = for_tree({k: v for k, v in os.environ.items() if not k.startswith("LRLAB_")}, tree)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE],
+            cwd=tree,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, spec: dict[str, Any]) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 def start_worker(env: dict[str, str], base: str) -> subprocess.Popen[bytes]:
@@ -221,6 +283,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--embedded", action="store_true", help="SQLite database and transport, no servers")
+    ap.add_argument("--tree", type=Path, action="append", help="checkouts to measure side by side (repeat)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the worker process gets the same (LRLAB_TORCH_THREADS=1)
     spec = {
@@ -233,36 +296,55 @@ def main() -> None:
         "device": "cpu",
         "divergence": {"enabled": True},
     }
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with private_services(args.embedded) as env:
-        procs = start_service(env, port)
-        try:
-            warm = {**spec, "epochs": 2}
-            bare_loop(warm), trainer_loop(warm), service_run(base, warm)
-            times: dict[str, list[float]] = {"bare": [], "trainer": [], "service": []}
-            for _ in range(args.repeats):
-                times["bare"].append(bare_loop(spec))
-                times["trainer"].append(trainer_loop(spec))
-                times["service"].append(service_run(base, spec))
-        finally:
-            for p in procs:
-                stop(p)
+    trees = [t.resolve() for t in args.tree] if args.tree else None
+    names = [str(t) for t in trees] if trees else ["this checkout"]
+    times: dict[str, list[float]] = {"bare": []}
+    inside: dict[str, list[float]] = {n: [] for n in names}
+    load = [os.getloadavg()[0]]
+    with contextlib.ExitStack() as stack:
+        bases, trainers = {}, {}
+        for i, name in enumerate(names):
+            env = stack.enter_context(private_services(args.embedded))
+            if trees:
+                env = for_tree(env, trees[i])
+                trainers[name] = TrainerProcess(trees[i])
+                stack.callback(trainers[name].close)
+            port = _free_port()
+            procs = start_service(env, port)
+            stack.callback(lambda procs=procs: [stop(p) for p in procs])
+            bases[name] = f"http://127.0.0.1:{port}"
+            times[f"trainer {name}" if trees else "trainer"] = []
+            times[f"service {name}" if trees else "service"] = []
+        warm = {**spec, "epochs": 2}
+        bare_loop(warm)
+        for name in names:
+            trainers[name].run(warm) if trees else trainer_loop(warm)
+            service_run(bases[name], warm, [])
+        for r in range(args.repeats):
+            times["bare"].append(bare_loop(spec))
+            for name in names if r % 2 == 0 else names[::-1]:
+                suffix = f" {name}" if trees else ""
+                times["trainer" + suffix].append(trainers[name].run(spec) if trees else trainer_loop(spec))
+                times["service" + suffix].append(service_run(bases[name], spec, inside[name]))
+            load.append(os.getloadavg()[0])
     shape = "embedded (SQLite + SQLite transport)" if args.embedded else "Postgres + Redis"
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{shape}; {args.dataset} MLP Adam, {args.epochs} epochs, batch {args.batch_size}, 1 torch thread\n"
+        f"{shape}; {args.dataset} MLP Adam, {args.epochs} epochs, batch {args.batch_size}, 1 torch thread;"
+        f" {args.repeats} repeats; 1-min load average {min(load):.2f}-{max(load):.2f}\n"
     )
     print("| path | median s | min s | ratio to bare (median) |\n|---|---|---|---|")
     bare = statistics.median(times["bare"])
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med:.2f} | {min(ts):.2f} | {med / bare:.3f} |")
-    inside = statistics.median(EPOCH_SECONDS[1:])
-    print(
-        f"\nservice: {inside:.2f} s inside the worker's epochs, {statistics.median(times['service']) - inside:.2f} s"
-        " outside them (queueing, claiming, loading, recording, polling)"
-    )
+    for name in names:
+        service = statistics.median(times[f"service {name}" if trees else "service"])
+        epochs = statistics.median(inside[name])
+        print(
+            f"\nservice ({name}): {epochs:.2f} s inside the worker's epochs, {service - epochs:.2f} s outside them"
+            " (queueing, claiming, loading, recording, the client learning of the end)"
+        )
 
 
 if __name__ == "__main__":

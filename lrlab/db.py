@@ -59,7 +59,8 @@ def _engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # A fused pack holds one connection per member's progress writer (up to MAX_PACK_MEMBERS): the overflow.
+    # A worker process writes every run's progress through one connection (worker/progress.py); the overflow
+    # serves bursts of API requests.
     # An exhausted pool raises sqlalchemy.exc.TimeoutError after pool_timeout: the API answers 503 (api/errors.py).
     settings = get_settings()
     return create_engine(

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(5, ge=1, description="Database connections each process keeps open (Postgres).")
     db_max_overflow: int = Field(
-        30, ge=0, description="Connections a process may open beyond the pool under load (a fused pack needs some)."
+        30, ge=0, description="Connections a process may open beyond the pool under load (bursts of API requests)."
     )
     db_pool_timeout_seconds: float = Field(
         30.0, gt=0, description="How long a request waits for a free connection before a 503 with Retry-After."

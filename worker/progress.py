@@ -86,7 +86,8 @@ class ProgressWriter:
         self._error: BaseException | None = None
         # Guarded by the hub's lock:
         self._items: list[tuple[str, Any]] = []
-        self._last_write = 0.0  # when a transaction last wrote for this run (monotonic)
+        self._last_write = time.monotonic()  # when a transaction last wrote for this run: its first poll is due
+        # poll_seconds from now, not at once (a pack's members would each cost a transaction as training starts)
         self._renewed_at = time.monotonic()  # the claim that gave us the token renewed the lease
         self._failing_since: float | None = None
         self._closing = False
@@ -195,7 +196,7 @@ class _Hub:
     def add(self, writer: ProgressWriter) -> None:
         with self.cond:
             self.writers.add(writer)
-            self.cond.notify()  # its first poll is due at once: it learns about a cancel or a lost lease early
+            self.cond.notify()  # its due times join the hub's wait
 
     def put(self, writer: ProgressWriter, item: tuple[str, Any]) -> None:
         with self.cond:

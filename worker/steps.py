@@ -235,10 +235,16 @@ def record_outcomes(finished: Sequence[tuple[leases.Claim, trainer.TrainResult, 
             for c, result, at in finished
         ]
     for (c, _, _), recorded in zip(finished, done, strict=True):
-        if recorded:
-            advance_advice(run_id=c.run_id)
-        else:
+        if not recorded:
             log.warning("run %s: lease lost before its outcome was recorded; another worker owns it", c.run_id)
+    recorded_ids = [c.run_id for (c, _, _), ok in zip(finished, done, strict=True) if ok]
+    if recorded_ids:
+        try:  # each advice they belong to moved on once (as advance_advice does for one run)
+            messages = advice.after_runs(recorded_ids)
+        except Exception:
+            log.exception("could not move on the advice of runs %s", ", ".join(recorded_ids))
+        else:
+            outbox.send(messages)
     return done
 
 

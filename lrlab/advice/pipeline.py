@@ -327,6 +327,19 @@ def after_run(run_id: str) -> list[Message]:
     return advance(advice_id)[1] if advice_id else []
 
 
+def after_runs(run_ids: list[str]) -> list[Message]:
+    """after_run for several runs recorded together (a fused pack's members): each advice moved on once."""
+    with session_scope() as session:
+        advice_ids = set(
+            session.scalars(
+                select(Experiment.advice_id)
+                .join(Run, Run.experiment_id == Experiment.id)
+                .where(Run.id.in_(run_ids), Experiment.advice_id.is_not(None))
+            )
+        )
+    return [m for advice_id in sorted(a for a in advice_ids if a) for m in advance(advice_id)[1]]
+
+
 def after_job(job_id: str) -> list[Message]:
     """An lr-finder job ended: as after_run."""
     with session_scope() as session:
