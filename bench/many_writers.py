@@ -201,6 +201,24 @@ def make_runs(dsn: str, n: int) -> list[tuple[str, str]]:
     return [(r, t) for r, t, _, _ in rows]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every postgres process on this machine (the server is local: its share is measurable)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError):
+                pass
+    return total
+
+
 def xact_commits(dsn: str) -> int:
     import psycopg
 
@@ -255,8 +273,10 @@ def measure(tree_path: Path, args: argparse.Namespace) -> dict[str, Any]:
         load0 = load_average()
         time.sleep(max(0.0, start_at + args.warmup - time.time()))
         commits0, t0 = xact_commits(dsn), time.time()
+        pg0, writers0 = postgres_cpu(), sum(cpu_seconds(p.pid) for p in procs)
         time.sleep(max(0.0, start_at + args.warmup + args.seconds - time.time()))
         commits1, t1 = xact_commits(dsn), time.time()
+        pg1, writers1 = postgres_cpu(), sum(cpu_seconds(p.pid) for p in procs)
         load1 = load_average()
         outs = []
         for proc in procs:
@@ -293,6 +313,8 @@ def measure(tree_path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "transaction": (percentile(tx, 0.5), percentile(tx, 0.99), max(tx, default=float("nan"))),
         "transactions_per_s": len(tx) / args.seconds,
         "pg_commits_per_s": (commits1 - commits0) / (t1 - t0),
+        "postgres_cpu": (pg1 - pg0) / (t1 - t0),  # cores busy (every postgres process of the machine)
+        "writers_cpu": (writers1 - writers0) / (t1 - t0),
         "backlog": (steady[0] if steady else None, max(steady, default=None), steady[-1] if steady else None),
         "failed": len(failed),
         "failed_why": Counter(why.split("(")[0].split(":")[0] for why in failed.values()).most_common(3),
@@ -335,15 +357,17 @@ def main() -> None:
     )
     print(
         "| tree | offered pts/s | committed pts/s | backlog first / max / last | latency p50 / p99 / max ms"
-        " | transaction p50 / p99 / max ms | tx/s | failed writers | stored = committed | load |"
+        " | transaction p50 / p99 / max ms | tx/s | postgres CPU | writers' CPU | failed writers | stored = committed"
+        " | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ok = "yes" if r["points_stored"] == r["points_committed"] and not r["duplicates"] else "NO"
         why = f" ({', '.join(f'{w}: {n}' for w, n in r['failed_why'])})" if r["failed"] else ""
         print(
             f"| {r['tree']} | {r['offered']:.0f} | {r['committed_per_s']:.0f} | {r['backlog']} |"
             f" {fmt_ms(r['latency'])} | {fmt_ms(r['transaction'])} | {r['transactions_per_s']:.0f} |"
+            f" {r['postgres_cpu']:.2f} core | {r['writers_cpu']:.2f} core |"
             f" {r['failed']}{why} | {ok} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |"
         )
     if args.json:

@@ -101,8 +101,12 @@ def checkpointer(
     training thread only enqueues it. The writer saves it in the transaction after the one holding the
     epoch's point or in the same one (the queue is FIFO and the point is put first): a stored checkpoint
     for epoch k always comes with points 1..k stored, and a resume rewrites k+1.. by upsert.
+
+    The first is due `every` seconds into the run, not at its first epoch: a run shorter than that is trained
+    again from the start if its worker dies (at most `every` seconds lost, as between two checkpoints), and a
+    fused grid of short runs no longer clones and serialises every member at epoch 1 (docs/benchmarks.md).
     """
-    last, newest = -math.inf, 0
+    last, newest = (time.monotonic() if every > 0 else -math.inf), 0
 
     def due(epoch: int) -> bool:  # the trainer builds (clones) a checkpoint only when one is due
         # a worker shutting down checkpoints this epoch and stops after it (ProgressWriter.shutdown_due)

@@ -84,3 +84,31 @@ def test_failure_is_recorded_with_its_reason_only_under_the_lease(queue_name: st
         assert run is not None and run.status == "failed" and run.lease_token is None
         assert run.error is not None and run.error.startswith("ValueError: Invalid learning rate: -1")
         assert len(run.error) == 4000
+
+
+def test_checkpointer_first_due_a_period_into_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most one checkpoint per `every` seconds, the first `every` seconds in (not at epoch 1); 0: every epoch."""
+    from worker import steps
+
+    clock = [100.0]
+    monkeypatch.setattr(steps.time, "monotonic", lambda: clock[0])
+
+    class Writer:
+        actions: list[object] = []
+
+        def shutdown_due(self) -> bool:
+            return False
+
+        def put_action(self, action: object) -> None:
+            self.actions.append(action)
+
+    due, save = steps.checkpointer("r", Writer(), 5.0)  # type: ignore[arg-type]
+    assert not due(1)
+    clock[0] += 4.9
+    assert not due(2)
+    clock[0] += 0.2
+    assert due(3)
+    save(type("C", (), {"epoch": 3})())  # type: ignore[arg-type]
+    assert not due(4)
+    every_epoch, _ = steps.checkpointer("r", Writer(), 0.0)  # type: ignore[arg-type]
+    assert every_epoch(1) and every_epoch(2)
