@@ -36,7 +36,7 @@ FIXED: dict[tuple[str, ...], str] = {
     ("schedule", "kind"): "the schedule kind is fixed by base.schedule (its fields can be searched)",
 }
 Number = Annotated[float, Field(allow_inf_nan=False)]
-Integer = int  # IntRange's field is named `int`: inside its body the name would mean the field
+Integer = int  # SearchInt's field is named `int`: inside its body the name would mean the field
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ChoiceValue = Annotated[str, Field(max_length=100)] | int | float | bool | None
 
@@ -47,25 +47,25 @@ def _low_below_high(cls: type, value: tuple[Any, Any]) -> tuple[Any, Any]:
     return value
 
 
-class LogUniform(Strict):
+class SearchLogUniform(Strict):
     log_uniform: tuple[Positive, Positive] = Field(strict=False, description="[low, high], sampled in log space.")
 
     _order = field_validator("log_uniform")(_low_below_high)
 
 
-class Uniform(Strict):
+class SearchUniform(Strict):
     uniform: tuple[Number, Number] = Field(strict=False, description="[low, high], sampled uniformly.")
 
     _order = field_validator("uniform")(_low_below_high)
 
 
-class IntRange(Strict):
+class SearchInt(Strict):
     int: tuple[Integer, Integer] = Field(strict=False, description="[low, high], integers, both included.")
 
     _order = field_validator("int")(_low_below_high)
 
 
-class Choice(Strict):
+class SearchChoice(Strict):
     choice: list[ChoiceValue] = Field(min_length=1, max_length=64, description="Values to pick from.")
 
     @field_validator("choice")
@@ -80,10 +80,10 @@ class Choice(Strict):
 
 
 DISTRIBUTIONS: dict[str, type[Strict]] = {
-    "log_uniform": LogUniform,
-    "uniform": Uniform,
-    "int": IntRange,
-    "choice": Choice,
+    "log_uniform": SearchLogUniform,
+    "uniform": SearchUniform,
+    "int": SearchInt,
+    "choice": SearchChoice,
 }
 
 
@@ -96,10 +96,10 @@ def _distribution_kind(value: Any) -> str | None:
 
 
 Distribution = Annotated[
-    Annotated[LogUniform, Tag("log_uniform")]
-    | Annotated[Uniform, Tag("uniform")]
-    | Annotated[IntRange, Tag("int")]
-    | Annotated[Choice, Tag("choice")],
+    Annotated[SearchLogUniform, Tag("log_uniform")]
+    | Annotated[SearchUniform, Tag("uniform")]
+    | Annotated[SearchInt, Tag("int")]
+    | Annotated[SearchChoice, Tag("choice")],
     Discriminator(
         _distribution_kind,
         custom_error_type="distribution_kind",
@@ -112,11 +112,11 @@ SpaceKey = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z_][
 
 def edge_values(distribution: Distribution) -> list[Any]:
     """The values a distribution reaches at its edges (every value, for a choice): checked against the spec."""
-    if isinstance(distribution, LogUniform):
+    if isinstance(distribution, SearchLogUniform):
         return list(distribution.log_uniform)
-    if isinstance(distribution, Uniform):
+    if isinstance(distribution, SearchUniform):
         return list(distribution.uniform)
-    if isinstance(distribution, IntRange):
+    if isinstance(distribution, SearchInt):
         return list(distribution.int)
     return list(distribution.choice)
 
@@ -195,7 +195,7 @@ def check_space(base: RunSpec, space: dict[str, Distribution]) -> None:
         if optimizer_key != "optimizer":
             raise _invalid(("space", optimizer_key), FIXED[SHORTHANDS["optimizer"]], optimizer_key)
         chosen = space[optimizer_key]
-        if not isinstance(chosen, Choice):
+        if not isinstance(chosen, SearchChoice):
             raise _invalid(("space", "optimizer"), "the optimizer is searched with a choice of names", None)
         unknown = [v for v in chosen.choice if not (isinstance(v, str) and v in OPTIMIZER_SCHEMAS)]
         if unknown:
@@ -298,7 +298,7 @@ class SearchCreate(Strict):
     def _check(self) -> SearchCreate:
         check_space(self.base, self.space)
         if self.sampler == "cmaes":
-            choices = [k for k, d in self.space.items() if isinstance(d, Choice)]
+            choices = [k for k, d in self.space.items() if isinstance(d, SearchChoice)]
             if choices:
                 raise _invalid(
                     ("sampler",),

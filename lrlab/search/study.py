@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from lrlab.schemas.search import Choice, Distribution, IntRange, LogUniform, SearchCreate, apply_params
+from lrlab.schemas.search import Distribution, SearchChoice, SearchCreate, SearchInt, SearchLogUniform, apply_params
 from lrlab.schemas.spec import RunSpec
 
 State = Literal["running", "complete", "pruned", "failed", "waiting"]
@@ -150,11 +150,11 @@ def distributions(space: dict[str, Distribution]) -> dict[str, BaseDistribution]
     """The space in Optuna's terms, one distribution per key (the key is the parameter's name)."""
     out: dict[str, BaseDistribution] = {}
     for key, d in space.items():
-        if isinstance(d, LogUniform):
+        if isinstance(d, SearchLogUniform):
             out[key] = FloatDistribution(*d.log_uniform, log=True)
-        elif isinstance(d, IntRange):
+        elif isinstance(d, SearchInt):
             out[key] = IntDistribution(*d.int)
-        elif isinstance(d, Choice):
+        elif isinstance(d, SearchChoice):
             out[key] = CategoricalDistribution(d.choice)
         else:
             out[key] = FloatDistribution(*d.uniform)
