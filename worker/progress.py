@@ -86,8 +86,10 @@ class ProgressWriter:
         self._error: BaseException | None = None
         # Guarded by the hub's lock:
         self._items: list[tuple[str, Any]] = []
-        self._last_write = time.monotonic()  # when a transaction last wrote for this run: its first poll is due
-        # poll_seconds from now, not at once (a pack's members would each cost a transaction as training starts)
+        self._last_write = 0.0  # when a transaction last wrote for this run (monotonic): a first point goes at once
+        # An idle run is first visited poll_seconds after it starts, not at once: a pack's members would each
+        # cost a transaction as training starts.
+        self._started = time.monotonic()
         self._renewed_at = time.monotonic()  # the claim that gave us the token renewed the lease
         self._failing_since: float | None = None
         self._closing = False
@@ -138,12 +140,12 @@ class ProgressWriter:
     def _due(self, now: float) -> bool:
         if self._closing:
             return True
-        if self._items:
-            return now >= self._last_write + self._flush_seconds
-        return now >= self._last_write + self._poll_seconds
+        return now >= self._next_due()
 
     def _next_due(self) -> float:
-        return self._last_write + (self._flush_seconds if self._items else self._poll_seconds)
+        if self._items:
+            return self._last_write + self._flush_seconds
+        return max(self._last_write, self._started) + self._poll_seconds
 
     def _give_up(self, reason: str) -> None:
         self.lost_reason = reason
@@ -170,8 +172,11 @@ def close_all(writers: Sequence[ProgressWriter]) -> None:
 
 # --- the hub: one writer thread per process -------------------------------------------------------------------
 
+# FOR NO KEY UPDATE: the lock an UPDATE of the lease takes. It orders us against the reconciler's requeue (its
+# FOR UPDATE waits for it) but not against a foreign-key check: another transaction inserting one of the run's
+# points or its checkpoint holds a KEY SHARE lock on the row, which FOR UPDATE would wait for.
 RUNS_FOR_UPDATE = text(
-    "SELECT id, lease_token, status, cancel_requested FROM run WHERE id IN :ids ORDER BY id FOR UPDATE"
+    "SELECT id, lease_token, status, cancel_requested FROM run WHERE id IN :ids ORDER BY id FOR NO KEY UPDATE"
 ).bindparams(bindparam("ids", expanding=True))
 RUNS_FOR_UPDATE_SQLITE = text(  # SQLite has no row locks: a write transaction holds the whole database
     "SELECT id, lease_token, status, cancel_requested FROM run WHERE id IN :ids"

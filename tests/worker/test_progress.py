@@ -97,9 +97,31 @@ def test_writers_of_a_process_share_one_connection_and_transaction(q: Any) -> No
 def test_points_wait_for_the_flush_interval_and_close_writes_them(q: Any) -> None:
     (claim,) = claimed(q, 1)
     writer = ProgressWriter(claim.run_id, lease_token=claim.token, flush_seconds=30, poll_seconds=30)
-    writer.put_point(pt(1))
+    writer.put_point(pt(1))  # the first point goes at once
+    wait_for(lambda: epochs(claim.run_id) == [1], 5, "epoch 1 written")
     writer.put_point(pt(2))
+    writer.put_point(pt(3))
     time.sleep(0.5)
-    assert epochs(claim.run_id) == []  # not due for 30 s: the training thread did not wake the writer
+    assert epochs(claim.run_id) == [1]  # not due for 30 s: the training thread did not wake the writer
     writer.close()
-    assert epochs(claim.run_id) == [1, 2]
+    assert epochs(claim.run_id) == [1, 2, 3]
+
+
+def test_writer_is_not_held_up_by_another_transaction_referencing_the_run(q: Any) -> None:
+    """The lease check locks the run's row as an UPDATE of the lease would (FOR NO KEY UPDATE), so a transaction
+    that only references the run (inserting a row with a foreign key to it) does not hold the writer up."""
+    import psycopg
+
+    from lrlab.db import get_settings
+
+    (claim,) = claimed(q, 1)
+    dsn = get_settings().database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn) as other:  # holds a KEY SHARE lock on the run's row until it ends
+        other.execute(
+            "INSERT INTO checkpoint (run_id, epoch, data, created_at) VALUES (%s, 1, 'x', now())", (claim.run_id,)
+        )
+        writer = ProgressWriter(claim.run_id, lease_token=claim.token, flush_seconds=0, poll_seconds=0.05)
+        writer.put_point(pt(1))
+        wait_for(lambda: epochs(claim.run_id) == [1], 5, "epoch 1 written while the other transaction is open")
+        other.rollback()
+    writer.close()
