@@ -349,7 +349,7 @@ def measure_dashboard(tree: Tree, data: Data, browser: Any, log: Path) -> Sample
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{base}/experiments/{data.small}")
-            page.wait_for_function(drawn, arg=8, timeout=60_000)
+            page.wait_for_function(drawn, arg=8, timeout=180_000)  # the warm-up page: scripts cached
             reset_peak(proc.pid)
             before = status_kib(proc.pid, "VmRSS")
             load = load_average()
