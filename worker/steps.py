@@ -270,7 +270,6 @@ def advance_advice(*, run_id: str | None = None, job_id: str | None = None) -> N
     outbox.send(messages)
 
 
-
 def record_failure(run_id: str, token: str, exc: BaseException) -> bool:
     """The run failed with `exc`: say so, while the lease is ours."""
     return record_run(run_id, token, lambda: failure(exc))
