@@ -61,7 +61,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Celery's own command line, given the worker's app by import string (`celery --app worker.app worker`)."""
     from celery.bin.celery import celery
 
+    from lrlab.broker import GPU_QUEUE
+
     queues = args.queues or ("gpu,cpu" if _gpu_present() else "cpu")
+    if GPU_QUEUE in queues.split(",") and args.queues and not _gpu_present():
+        # It would take GPU runs and fail each one (a GPU container started without the NVIDIA runtime, say).
+        print(
+            "lrlab worker: --queues names the gpu queue, but torch sees no CUDA device here;"
+            " start it with --queues cpu, or give the container its GPU (NVIDIA runtime)",
+            file=sys.stderr,
+        )
+        return 2
     pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
     argv = [
         f"--app={WORKER_APP}",
