@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,7 +41,12 @@ def dumps_json(value: Any) -> str:
 
 def get_engine(url: str | None = None) -> Engine:
     """The process's engine for `url` (default: the settings'): one pool, whichever way it is asked for."""
-    return _engine(url or get_settings().database_url)
+    url = url or get_settings().database_url
+    with _engine_lock:  # threads asking first at the same moment must not each build a pool
+        return _engine(url)
+
+
+_engine_lock = threading.Lock()
 
 
 @functools.cache
@@ -65,12 +71,33 @@ def _engine(url: str) -> Engine:
     settings = get_settings()
     return create_engine(
         url,
+        connect_args=_keepalives(settings.db_keepalive_seconds),
         pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         json_serializer=dumps_json,
     )
+
+
+def _keepalives(seconds: int) -> dict[str, Any]:
+    """TCP keepalives on both ends of each connection.
+
+    The server's (options -c, per session): a host cut off in the middle of a transaction would otherwise keep
+    that transaction open, with its row locks, until the server's kernel gives up on the peer (hours with
+    Linux's defaults), and the reconciler skips locked rows. The client's: a query to a vanished server fails
+    instead of waiting.
+    """
+    if seconds <= 0:
+        return {}
+    probes = f"-c tcp_keepalives_idle={seconds} -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+    return {
+        "options": probes,
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
 
 
 @functools.cache

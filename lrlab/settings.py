@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(
         30.0, gt=0, description="How long a request waits for a free connection before a 503 with Retry-After."
     )
+    db_keepalive_seconds: int = Field(
+        30,
+        ge=0,
+        le=3600,
+        description=(
+            "Postgres probes an idle connection of ours after this many seconds, then 3 times 10 s apart, and drops"
+            " a dead peer's (a host cut off mid-transaction: its row locks go with it). 0: the server's defaults."
+        ),
+    )
     lease_seconds: float = Field(30.0, gt=0, description="A running run whose worker is silent this long is requeued.")
     reconcile_seconds: float = Field(5.0, gt=0, description="How often each worker looks for lost or unsent runs.")
     redispatch_seconds: float = Field(

@@ -73,3 +73,27 @@ def assert_stored(session: Session, run_id: str, job_id: str, pbt_id: str) -> No
     }
     event = session.scalars(select(PbtEvent).where(PbtEvent.pbt_id == pbt_id)).one()
     assert (event.old, event.new) == ({"lr": None}, {"lr": None})
+
+
+def test_postgres_connections_ask_the_server_to_probe_a_dead_peer(service_env: dict[str, str]) -> None:
+    """A host cut off mid-transaction must not hold its row locks for hours: the server probes our connections."""
+    from sqlalchemy import text
+
+    from lrlab.db import get_engine
+
+    with get_engine().connect() as conn:
+        shown = {
+            name: conn.execute(text(f"SHOW tcp_keepalives_{name}")).scalar() for name in ("idle", "interval", "count")
+        }
+    assert shown == {"idle": "30", "interval": "10", "count": "3"}
+
+
+def test_threads_asking_for_the_engine_at_once_share_one_pool(service_env: dict[str, str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lrlab import db
+
+    db.reset_caches()
+    with ThreadPoolExecutor(16) as pool:
+        engines = set(map(id, pool.map(lambda _: db.get_engine(), range(64))))
+    assert len(engines) == 1
