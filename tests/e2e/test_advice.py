@@ -374,7 +374,9 @@ def test_cancel_stops_every_stage(lab: Lab) -> None:
 
     advice = wait_for(all_ended, 60, "every search run to stop")
     statuses = {c.status for c in advice.search.candidates}
-    assert statuses <= {"cancelled", "stopped"} and "cancelled" in statuses, statuses
+    # before the cancel a candidate may already have ended on its own: stopped by ASHA, or diverged (the search
+    # draws learning rates up to where a run blows up in its first epochs); none completed 400 epochs
+    assert statuses <= {"cancelled", "stopped", "diverged"} and "cancelled" in statuses, statuses
     assert all(c.epochs < 400 for c in advice.search.candidates)
     time.sleep(1.5)  # a few reconciler passes (every 0.5 s): none may start the next stage
     after = lab.client().advice(created.id)
