@@ -25,6 +25,7 @@ SKIP_FRACTION = 0.1  # the first 10% of the sweep: lrs too small to move the los
 MIN_USABLE_POINTS = 5  # fewer points than this between the skipped head and the minimum: no suggestion
 STOP_CHECK_FROM = 5  # the explosion test starts once a few points exist (the first smoothed loss is the minimum)
 STOP_POLL_EVERY = 10  # steps between calls to should_stop
+STOPPED_ON_REQUEST = "stopped on request"  # LrFinderResult.reason of a sweep should_stop ended
 
 
 @dataclass
@@ -264,7 +265,7 @@ class _Sweep:
         for i in range(self.steps):
             if should_stop is not None and i > 0 and i % STOP_POLL_EVERY == 0 and should_stop():
                 logger.info("lr range test stopped on request after %d steps", i)
-                return points, "stopped on request"
+                return points, STOPPED_ON_REQUEST
             if start >= n_train:  # the epoch is used up: a fresh permutation, as train() draws one per epoch
                 perm, start = torch.randperm(n_train, generator=run.order).to(device), 0
             idx = perm[start : start + batch_size]  # (B,)

@@ -20,7 +20,9 @@ from lrlab.runs import leases
 from lrlab.schemas import RunStatus
 from lrlab.schemas.experiments import LrFinderCreate
 from lrlab.settings import get_settings
-from worker import steps
+from trainer.lr_finder import STOPPED_ON_REQUEST
+from worker import progress, steps
+from worker.retry import through_outages
 from worker.uploads import materialize
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class _Lease(threading.Thread):
                 self.cancelled.set()
 
     def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lost.is_set()
+        return self.cancelled.is_set() or self.lost.is_set() or progress.shutting_down.is_set()
 
     def stop(self) -> None:
         self._done.set()
@@ -88,9 +90,25 @@ def sweep(claim: leases.JobClaim) -> None:
     if lease.lost.is_set():
         log.warning("lr-finder job %s is not ours any more; its result here is dropped", job_id)
         return
+    if _handed_back(claim, values, cancelled=lease.cancelled.is_set()):
+        return
     if record(claim, values):
         log.info("lr-finder job %s recorded (attempt %d)", job_id, claim.attempts)
         steps.advance_advice(job_id=job_id)
+
+
+def _handed_back(claim: leases.JobClaim, values: dict[str, Any], *, cancelled: bool) -> bool:
+    """True when the sweep was cut short because this worker is shutting down (not by a cancel, nor after it
+    reached its end): the job is then queued again at once, for the next worker to sweep from the start, rather
+    than recorded with a partial sweep or left to wait for its lease to lapse."""
+    result = values.get("result") or {}
+    if cancelled or not progress.shutting_down.is_set() or result.get("reason") != STOPPED_ON_REQUEST:
+        return False
+    released = through_outages(f"handing back lr-finder job {claim.job_id}")(
+        lambda: leases.release_lr_finder(claim.job_id, claim.token)
+    )
+    log.info("lr-finder job %s handed back (%s): the worker is shutting down", claim.job_id, released)
+    return True
 
 
 def record(claim: leases.JobClaim, values: dict[str, Any]) -> bool:

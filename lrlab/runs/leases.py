@@ -308,6 +308,26 @@ def finish_lr_finder(job_id: str, token: str, **values: Any) -> bool:
         return bool(moved)
 
 
+def release_lr_finder(job_id: str, token: str) -> bool:
+    """Hand a range test back at once (a worker shutting down stopped it mid-sweep), as release_run does a run:
+    queued, no lease, unsent, the attempt not counted; a sweep restarts from its first step, having no
+    checkpoint. One whose cancel was asked for ends cancelled. False: the lease was not mine, nothing written."""
+    with session_scope() as session:
+        job = session.scalars(
+            select(LrFinder)
+            .where(LrFinder.id == job_id, LrFinder.lease_token == token, LrFinder.status == RUNNING)
+            .with_for_update()
+        ).one_or_none()
+        if job is None:
+            return False
+        job.lease_token, job.lease_expires_at = None, None
+        if job.cancel_requested:
+            job.status, job.finished_at = RunStatus.cancelled.value, utcnow()
+            return True
+        job.status, job.dispatched_at, job.attempts = QUEUED, None, max(job.attempts - 1, 0)
+        return True
+
+
 # --- checkpoints ------------------------------------------------------------------------------------
 
 UPSERT_CHECKPOINT = text(

@@ -104,6 +104,35 @@ def test_claim_lr_finder_once_with_a_lease_that_only_its_holder_renews_and_finis
     assert (got.status, got.result, got.lease_token, got.lease_expires_at) == ("cancelled", {"points": []}, None, None)
 
 
+def test_release_lr_finder_hands_it_back_queued_unsent_without_counting_the_attempt(q: Any) -> None:
+    job_id = new_job(q[0])
+    claim = leases.claim_lr_finder(job_id, "w1", lease_seconds=30)
+    assert claim is not None and claim.attempts == 1
+    assert leases.release_lr_finder(job_id, "not-mine") is False
+    assert leases.release_lr_finder(job_id, claim.token) is True
+    got = job_row(job_id)
+    assert (got.status, got.lease_token, got.lease_expires_at, got.dispatched_at, got.attempts) == (
+        "queued",
+        None,
+        None,
+        None,
+        0,
+    )
+    assert leases.release_lr_finder(job_id, claim.token) is False  # once: the lease is gone
+    again = leases.claim_lr_finder(job_id, "w2", lease_seconds=30)
+    assert again is not None and again.attempts == 1
+
+
+def test_release_lr_finder_asked_to_stop_ends_it_cancelled(q: Any) -> None:
+    job_id = new_job(q[0])
+    claim = leases.claim_lr_finder(job_id, "w1", lease_seconds=30)
+    assert claim is not None
+    set_job(job_id, cancel_requested=True)
+    assert leases.release_lr_finder(job_id, claim.token) is True
+    got = job_row(job_id)
+    assert (got.status, got.lease_token) == ("cancelled", None) and got.finished_at is not None
+
+
 def test_claim_runs_takes_the_queued_ones_once_in_one_transaction(q: Any) -> None:
     """A pack's claim: each member as claim_run would claim it (its checkpoint, its later points dropped), only
     those still queued, each by one of several racing workers."""
