@@ -16,11 +16,11 @@ from typing import Any
 
 import optuna
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from lrlab import outbox
 from lrlab.db import session_scope
-from lrlab.models import LOCAL_OWNER, CurvePoint, Run, Search
+from lrlab.models import LOCAL_OWNER, CurvePoint, Run, Search, utcnow
 from lrlab.schemas.search import SearchCreate
 from lrlab.search import driver
 from lrlab.search import study as optuna_study
@@ -201,3 +201,28 @@ def test_trial_asked_but_never_given_a_run_is_trained(service_env: dict[str, str
     driver.advance(search_id)  # again: nothing new (the batch is not over), no second run for a trial
     assert [r.trial for r in _runs(search_id)] == [0, 1]
     assert waiting() >= 3  # the advance message, then one train message for each trial's run
+
+
+def test_search_whose_every_trial_fails_ends_failed_with_the_reason(
+    service_env: dict[str, str], q: tuple[str, Any]
+) -> None:
+    """A trial's run that ends failed is told failed; when no trial came to a result the search is `failed` (a
+    cancelled run counts as no result either), and the study says why each trial has no value."""
+    queue, _ = q
+    url = service_env["LRLAB_DATABASE_URL"]
+    request = SearchCreate.model_validate({"base": BASE, "space": SPACE, "trials": 2, "parallel": 1})
+    search_id = _search_on(queue, request)
+    for ending in ("failed", "cancelled"):
+        driver.advance(search_id)  # the next trial and its run, as the worker would
+        (run,) = [r for r in _runs(search_id) if r.status == "queued"]
+        with session_scope() as s:  # what a worker records when its trainer raises (or a cancel lands)
+            s.execute(update(Run).where(Run.id == run.id).values(status=ending, error="boom", finished_at=utcnow()))
+        assert _search_row(search_id).status == "running"
+    driver.advance(search_id)
+    found = _search_row(search_id)
+    assert (found.status, found.error) == ("failed", "no trial trained to a result (every one failed)")
+    assert found.finished_at is not None
+    study = optuna.load_study(study_name=found.study_name, storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    driver.advance(search_id)  # a late advance (a redelivered message) asks nothing more
+    assert len(_runs(search_id)) == 2 and len(optuna.load_study(study_name=found.study_name, storage=url).trials) == 2
