@@ -77,65 +77,42 @@ class Claim:
     pbt_id: str | None = None  # a population member: its checkpoints are in the checkpoint store (lrlab.pbt)
 
 
+def _taken(model: type[Run] | type[LrFinder], worker: str, token: str, seconds: float) -> dict[str, Any]:
+    """The values a claim writes: running under a fresh lease, the attempt counted, the first start kept."""
+    now = utcnow()
+    return {
+        "status": RUNNING,
+        "started_at": func.coalesce(model.started_at, now),  # the first start; attempts counts the others
+        "worker": worker,
+        "attempts": model.attempts + 1,
+        "lease_token": token,
+        "lease_expires_at": now + timedelta(seconds=seconds),
+    }
+
+
 def claim_run(run_id: str, worker: str, *, lease_seconds: float | None = None) -> Claim | None:
     """queued -> running with a fresh lease, atomically; None when the run is not queued (any more)."""
-    seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
-    token, now = new_id(), utcnow()
-    with session_scope() as session:
-        moved = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == QUEUED)
-            .values(
-                status=RUNNING,
-                started_at=func.coalesce(Run.started_at, now),  # the first start; attempts counts the others
-                worker=worker,
-                attempts=Run.attempts + 1,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=seconds),
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        if not moved:
-            return None
-        run = session.get(Run, run_id)
-        assert run is not None
-        ckpt = session.get(Checkpoint, run_id)
-        epoch = ckpt.epoch if ckpt is not None else 0
-        if run.pbt_id is not None:  # a population member resumes where its last interval ended
-            epoch = session.scalars(select(PbtMember.epoch).where(PbtMember.run_id == run_id)).one()
-        # Epochs past the checkpoint are trained again and upserted; drop them now so that a resumed run
-        # that ends sooner (early stop, divergence: possible where training is not bit-reproducible)
-        # leaves no rows of the trajectory it abandoned.
-        session.execute(delete(CurvePoint).where(CurvePoint.run_id == run_id, CurvePoint.epoch > epoch))
-        return Claim(
-            run_id=run_id,
-            token=token,
-            spec=dict(run.spec),
-            attempts=run.attempts,
-            checkpoint=bytes(ckpt.data) if ckpt is not None else None,
-            checkpoint_epoch=epoch,
-            pbt_id=run.pbt_id,
-        )
+    claims = claim_runs([run_id], worker, lease_seconds=lease_seconds)
+    return claims[0] if claims else None
 
 
 def claim_runs(run_ids: list[str], worker: str, *, lease_seconds: float | None = None) -> list[Claim]:
-    """claim_run for several runs in one transaction (a fused pack's members): those still queued, in the given
+    """Claim the runs (one, or a fused pack's members) in one transaction: those still queued, in the given
     order. They share one token: a token fences row by row (each run is renewed, finished or handed back where
-    its own row carries it), so a member requeued and claimed elsewhere is no longer ours, whatever the others."""
+    its own row carries it), so a member requeued and claimed elsewhere is no longer ours, whatever the others.
+
+    Each resumes from its checkpoint (a population member from its last interval's end); the epochs stored past
+    that point are trained again and upserted, and are dropped now, so that a resumed run that ends sooner
+    (early stop, divergence: possible where training is not bit-reproducible) leaves no rows of the trajectory
+    it abandoned."""
     seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
-    token, now = new_id(), utcnow()
+    token = new_id()
     with session_scope() as session:
         moved = set(
             session.execute(
                 update(Run)
                 .where(Run.id.in_(run_ids), Run.status == QUEUED)
-                .values(
-                    status=RUNNING,
-                    started_at=func.coalesce(Run.started_at, now),
-                    worker=worker,
-                    attempts=Run.attempts + 1,
-                    lease_token=token,
-                    lease_expires_at=now + timedelta(seconds=seconds),
-                )
+                .values(**_taken(Run, worker, token, seconds))
                 .returning(Run.id)
                 .execution_options(synchronize_session=False)
             ).scalars()
@@ -149,7 +126,7 @@ def claim_runs(run_ids: list[str], worker: str, *, lease_seconds: float | None =
             for r in session.execute(select(PbtMember.run_id, PbtMember.epoch).where(PbtMember.run_id.in_(moved)))
         }
         epochs = {r: members[r] if runs[r].pbt_id is not None else (ckpts[r].epoch if r in ckpts else 0) for r in moved}
-        for epoch in set(epochs.values()):  # as claim_run: drop the epochs past each run's resume point
+        for epoch in set(epochs.values()):  # drop the epochs past each run's resume point
             ids = [r for r, e in epochs.items() if e == epoch]
             session.execute(delete(CurvePoint).where(CurvePoint.run_id.in_(ids), CurvePoint.epoch > epoch))
         return [
@@ -229,13 +206,19 @@ def release_run(run_id: str, token: str) -> bool:
         ).one_or_none()
         if run is None:
             return False
-        run.lease_token, run.lease_expires_at = None, None
-        if run.cancel_requested:
-            run.status, run.finished_at = RunStatus.cancelled.value, utcnow()
+        if _hand_back(run):
             session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
-            return True
-        run.status, run.dispatched_at, run.attempts = QUEUED, None, max(run.attempts - 1, 0)
         return True
+
+
+def _hand_back(row: Run | LrFinder) -> bool:
+    """A released row (locked): queued, unsent, the attempt not counted; or cancelled, if that was asked (True)."""
+    row.lease_token, row.lease_expires_at = None, None
+    if row.cancel_requested:
+        row.status, row.finished_at = RunStatus.cancelled.value, utcnow()
+        return True
+    row.status, row.dispatched_at, row.attempts = QUEUED, None, max(row.attempts - 1, 0)
+    return False
 
 
 # --- lr-finder jobs: the same claim, lease and outcome rules ----------------------------------------
@@ -254,19 +237,12 @@ class JobClaim:
 def claim_lr_finder(job_id: str, worker: str, *, lease_seconds: float | None = None) -> JobClaim | None:
     """queued -> running with a fresh lease, atomically; None when the job is not queued (any more)."""
     seconds = lease_seconds if lease_seconds is not None else get_settings().lease_seconds
-    token, now = new_id(), utcnow()
+    token = new_id()
     with session_scope() as session:
         moved = session.execute(
             update(LrFinder)
             .where(LrFinder.id == job_id, LrFinder.status == QUEUED)
-            .values(
-                status=RUNNING,
-                started_at=func.coalesce(LrFinder.started_at, now),
-                worker=worker,
-                attempts=LrFinder.attempts + 1,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=seconds),
-            )
+            .values(**_taken(LrFinder, worker, token, seconds))
         ).rowcount  # type: ignore[attr-defined]
         if not moved:
             return None
@@ -320,11 +296,7 @@ def release_lr_finder(job_id: str, token: str) -> bool:
         ).one_or_none()
         if job is None:
             return False
-        job.lease_token, job.lease_expires_at = None, None
-        if job.cancel_requested:
-            job.status, job.finished_at = RunStatus.cancelled.value, utcnow()
-            return True
-        job.status, job.dispatched_at, job.attempts = QUEUED, None, max(job.attempts - 1, 0)
+        _hand_back(job)
         return True
 
 

@@ -82,6 +82,24 @@ class Reconciled:
         return ", ".join(parts)
 
 
+CANCELLED, FAILED = RunStatus.cancelled.value, RunStatus.failed.value
+
+
+def _lapse(row: Run | LrFinder, now: datetime) -> str:
+    """A lapsed lease's end (the row locked): `cancelled` when a cancel was asked (its worker died while stopping
+    it: stopped is what was asked for), `failed` on the MAX_ATTEMPTS-th lost worker (it is what kills its
+    workers), else queued again."""
+    row.lease_token, row.lease_expires_at = None, None
+    if row.cancel_requested:
+        row.status, row.finished_at = CANCELLED, now
+    elif row.attempts >= MAX_ATTEMPTS:
+        row.status, row.finished_at = FAILED, now
+        row.error = f"its worker was lost {row.attempts} times (last: {row.worker}); not retried again"
+    else:
+        row.status = QUEUED
+    return row.status
+
+
 def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[Message]:
     """running with an expired lease -> queued, or failed/cancelled when that is the right end.
 
@@ -97,19 +115,12 @@ def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[M
         .with_for_update(skip_locked=True)
     ).all()
     requeued = []
+    ends = {QUEUED: out.requeued, CANCELLED: out.cancelled, FAILED: out.failed}
     for run in rows:
-        run.lease_token, run.lease_expires_at = None, None
-        if run.cancel_requested:  # its worker died while stopping it: stopped is what was asked for
-            run.status, run.finished_at = RunStatus.cancelled.value, now
-            out.cancelled.append(run.id)
-        elif run.attempts >= MAX_ATTEMPTS:
-            run.status, run.finished_at = RunStatus.failed.value, now
-            run.error = f"its worker was lost {run.attempts} times (last: {run.worker}); not retried again"
-            out.failed.append(run.id)
-        else:
-            run.status = QUEUED
+        ended = _lapse(run, now)
+        ends[ended].append(run.id)
+        if ended == QUEUED:
             requeued.append(run)
-            out.requeued.append(run.id)
     if requeued:
         log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
     if out.failed or out.cancelled:
@@ -158,19 +169,12 @@ def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, o
         .with_for_update(skip_locked=True, of=LrFinder)
     ).all()
     orphaned = []
+    ends = {QUEUED: out.lr_finders_requeued, CANCELLED: out.lr_finders_cancelled, FAILED: out.lr_finders_failed}
     for job in lapsed:
-        job.lease_token, job.lease_expires_at = None, None
-        if job.cancel_requested:
-            job.status, job.finished_at = RunStatus.cancelled.value, now
-            out.lr_finders_cancelled.append(job.id)
-        elif job.attempts >= MAX_ATTEMPTS:
-            job.status, job.finished_at = RunStatus.failed.value, now
-            job.error = f"its worker was lost {job.attempts} times (last: {job.worker}); not retried again"
-            out.lr_finders_failed.append(job.id)
-        else:
-            job.status = QUEUED
+        ended = _lapse(job, now)
+        ends[ended].append(job.id)
+        if ended == QUEUED:
             orphaned.append(job)
-            out.lr_finders_requeued.append(job.id)
     messages = outbox.lr_finders(session, orphaned)  # stamped now: the query below does not take them again
     unsent = session.scalars(
         select(LrFinder)
