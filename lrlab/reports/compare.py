@@ -150,7 +150,13 @@ def chart(
     session: Session, runs: list[Run], metric: str, *, fmt: str, log_scale: bool = False, title: str | None = None
 ) -> bytes:
     """One line per run, legend from labels; diverged runs marked and kept from wrecking the scale."""
-    series = [
+    series = chart_series(session, runs, metric)
+    return charts.render_runs_chart(series, metric, fmt=fmt, log_scale=log_scale, title=title)  # type: ignore[arg-type]
+
+
+def chart_series(session: Session, runs: list[Run], metric: str) -> list[charts.Series]:
+    """What `chart` draws: each run's curve as columns, with its label, status, divergence and configuration."""
+    return [
         charts.Series(
             e.label,
             e.run.status,
@@ -161,4 +167,3 @@ def chart(
         )
         for e in _entries(session, runs, fields=[metric] if metric in FIELDS else FIELDS)
     ]
-    return charts.render_runs_chart(series, metric, fmt=fmt, log_scale=log_scale, title=title)  # type: ignore[arg-type]

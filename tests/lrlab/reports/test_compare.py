@@ -277,18 +277,7 @@ def test_chart_of_many_runs_draws_the_same_lines(service_env: dict[str, str]) ->
     exp_id = write_experiment(5, configs=9, seeds=3, epochs=25)
     with session_scope() as s:
         runs = runs_of(s, exp_id)
-        by_columns = compare._entries(s, runs, ["val_loss"])
-        columns = [
-            charts.Series(
-                e.label,
-                e.run.status,
-                (),
-                (e.run.summary or {}).get("diverged_at"),
-                e.config,
-                columns={"epoch": e.curve.epoch, **e.curve.columns},
-            )
-            for e in by_columns
-        ]
+        columns = compare.chart_series(s, runs, "val_loss")
         reference = reference_series(s, runs)
     assert len(runs) > charts.LEGEND_RUNS
     with charts._rendering():
