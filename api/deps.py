@@ -179,16 +179,21 @@ class Quota:
             raise _over_quota(exc) from exc
 
     def check_models(
-        self, pairs: Sequence[tuple[DatasetRef, ModelSpec]], at: Sequence[str] = ("body",), axes: Sequence[str] = ()
+        self,
+        pairs: Sequence[tuple[DatasetRef, ModelSpec]],
+        at: Sequence[str] = ("body",),
+        axes: Sequence[str] = (),
+        axes_at: Sequence[str] = ("body", "grid"),
     ) -> None:
-        """(dataset, model) of each spec; `at` as check_runs'. `axes`: a grid's dotted axes: a problem in the field
-        an axis sets is reported at the axis (body.grid.<axis>), any other at the base's field."""
+        """(dataset, model) of each spec; `at` as check_runs'. `axes`: the dotted keys that vary the specs (a grid's
+        axes, a search's space keys): a problem in the field a key sets is reported at the key (`axes_at`.<key>:
+        body.grid.<axis>, body.space.<key>), any other at the base's field."""
         try:
             offers.check_models(self.session, self.owner, pairs, self.settings)
         except offers.SpecProblem as exc:
             dotted = ".".join(map(str, exc.loc))
             axis = next((a for a in axes if dotted == a or dotted.startswith(a + ".")), None)
-            raise ApiError(422, ["body", "grid", axis] if axis else [*at, *exc.loc], exc.msg) from exc
+            raise ApiError(422, [*axes_at, axis] if axis else [*at, *exc.loc], exc.msg) from exc
 
     def _check_datasets(self, refs: Sequence[DatasetRef], at: Sequence[str]) -> None:
         try:

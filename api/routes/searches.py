@@ -43,6 +43,11 @@ def create_search(
     runs can be stacked), each a run; `early_stopping` stops a batch's losers at each rung."""
     if (replayed := idem.replay(session)) is not None:
         return replayed
+    variants = request.model_variants()
+    keys = request.plugin_keys()
+    quota.check_models(
+        [(v.dataset, v.model) for v in variants], at=("body", "base"), axes=keys, axes_at=("body", "space")
+    )
     quota.check_runs([request.base] * request.parallel, at=("body", "base"))  # a batch is active at once
     broker.ensure_broker()
     search, messages = driver.create(session, request, owner=owner)

@@ -1,15 +1,18 @@
 """Searches: the search space over a run spec, early stopping by successive halving (ASHA), the request.
 
-A space key is a dotted path into the run spec (`optimizer.momentum`, `model.width`, `schedule.gamma`) with two
-shorthands: `lr` for `optimizer.lr`, and `optimizer` for the optimizer's name (each chosen optimizer with its
-own defaults). Each path is checked against the base spec: it must name a number, flag or name the run spec
-has (for every optimizer `optimizer` may choose), and every value the distribution can reach at its edges must
-make a valid run spec, so a bad space is a 422 at `space.<key>` before anything trains.
+A space key is a dotted path into the run spec (`optimizer.momentum`, `model.dropout`, `schedule.gamma`,
+`model.params.width` for a plugin model's factory argument) with two shorthands: `lr` for `optimizer.lr`, and
+`optimizer` for the optimizer's name (each chosen optimizer with its own defaults). Each path is checked against
+the base spec: it must name a number, flag or name the run spec has (for every optimizer `optimizer` may
+choose), and every value the distribution can reach at its edges must make a valid run spec, so a bad space is
+a 422 at `space.<key>` before anything trains. A plugin's parameter is one its factory takes: the schema cannot
+know that without the plugin, so the API checks it against what the live workers offer (api/routes/searches.py).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from datetime import datetime
@@ -18,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from lrlab.schemas.plugins import PARAM_NAME
 from lrlab.schemas.runs import RunStatus
 from lrlab.schemas.spec import MAX_EPOCHS, OPTIMIZER_SCHEMAS, RunSpec, Strict
 
@@ -140,7 +144,7 @@ def apply_params(base: RunSpec, params: dict[str, Any]) -> RunSpec:
             continue
         node = spec
         for part in path[:-1]:
-            node = node[part]
+            node = node.setdefault(part, {})  # a plugin model's params may be left out of the base when empty
         node[path[-1]] = value
     return RunSpec.model_validate(spec)
 
@@ -169,6 +173,10 @@ def _leaf(model: BaseModel, path: tuple[str, ...], shown: str) -> str:
     node: Any = model
     for i, part in enumerate(path):
         fields = type(node).model_fields if isinstance(node, BaseModel) else {}
+        if i == len(path) - 2 and part == "params" and isinstance(getattr(node, part, None), dict):
+            if not re.fullmatch(PARAM_NAME, path[-1]):
+                raise ValueError(f"{shown}: `{path[-1]}` is not a parameter name (a Python identifier)")
+            return PLUGIN_PARAM  # a plugin factory's argument: any value it takes (checked against the offers)
         if part not in fields:
             where = ".".join(path[:i]) or "the run spec"
             kind = getattr(node, "name", getattr(node, "kind", None)) if i else None
@@ -184,6 +192,7 @@ def _leaf(model: BaseModel, path: tuple[str, ...], shown: str) -> str:
 
 
 WANTS = {"log_uniform": ("float",), "uniform": ("float",), "int": ("int",)}
+PLUGIN_PARAM = "plugin parameter"  # _leaf's kind for model.params.<name>: every distribution may draw it
 
 
 def check_space(base: RunSpec, space: dict[str, Distribution]) -> None:
@@ -227,7 +236,7 @@ def check_space(base: RunSpec, space: dict[str, Distribution]) -> None:
                 leaf = _leaf(spec, path, f"`{key}`")
             except ValueError as exc:
                 raise _invalid(loc, str(exc), given) from None
-            if kind in WANTS and leaf not in WANTS[kind]:
+            if kind in WANTS and leaf != PLUGIN_PARAM and leaf not in WANTS[kind]:
                 raise _invalid(loc, f"{kind} draws numbers for a {leaf} field; use a choice", given)
             for value in edge_values(distribution):
                 params = {key: value, **({"optimizer": spec.optimizer.name} if optimizer_key else {})}
@@ -311,6 +320,25 @@ class SearchCreate(Strict):
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if self.metric == "val_accuracy" else "minimize"
+
+    def plugin_keys(self) -> list[str]:
+        """The space keys that set a plugin model's factory arguments (model.params.<name>)."""
+        return [k for k in self.space if key_path(k)[:2] == ("model", "params")]
+
+    def model_variants(self) -> list[RunSpec]:
+        """The base, and specs with the plugin arguments the space sets at their edge values (the j-th edge of
+        every key at once): what the API checks against the models the live workers offer."""
+        keys = self.plugin_keys()
+        if not keys:
+            return [self.base]
+        edges = {k: edge_values(self.space[k]) for k in keys}
+        variants = []
+        for j in range(max(len(values) for values in edges.values())):
+            try:
+                variants.append(apply_params(self.base, {k: v[min(j, len(v) - 1)] for k, v in edges.items()}))
+            except ValidationError:  # edges valid alone that clash together: Optuna's asks tell that trial failed
+                continue
+        return variants
 
 
 # --- responses -----------------------------------------------------------------------------------

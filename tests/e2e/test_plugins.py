@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import start_worker, stop_process, wait_for, wait_run
 from tests.e2e.test_experiments import wait_experiment
+from tests.e2e.test_searches import wait_search
 
 pytestmark = pytest.mark.service
 
@@ -133,6 +134,34 @@ def test_a_grid_over_a_plugins_parameter_fuses_each_model_and_matches_separate_r
         for fp, sp in zip(f_points, s_points, strict=True):
             for field in ("train_loss", "val_loss"):
                 assert fp[field] == pytest.approx(sp[field], rel=1e-3), (label, fp["epoch"], field)
+
+
+def test_a_search_over_a_plugins_parameter_is_checked_against_the_offers_and_trains(
+    api_client: Any, worker: Any
+) -> None:
+    """The issue's space key `model.params.width`: a name the factory does not take, or a model no worker offers,
+    is a 422 at the key (at the base's model); the search trains each trial's width through the plugin."""
+    base = {"model": TINY, "dataset": MOTIFS, "epochs": 2, "device": "cpu"}
+    typo = {"base": base, "space": {"model.params.widht": {"int": [8, 16]}}, "trials": 2}
+    resp = api_client.post("/v1/searches", json=typo)
+    assert resp.status_code == 422 and locs(resp) == [["body", "space", "model.params.widht"]], resp.text
+    assert "takes no parameter 'widht'" in resp.json()["detail"][0]["msg"]
+    unknown = {"base": {**base, "model": {"name": "vit"}}, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}}
+    resp = api_client.post("/v1/searches", json=unknown)
+    assert resp.status_code == 422 and locs(resp) == [["body", "base", "model", "name"]], resp.text
+
+    space = {"model.params.width": {"choice": [8, 16]}, "lr": {"log_uniform": [1e-3, 1e-2]}}
+    created = api_client.post(
+        "/v1/searches", json={"base": base, "space": space, "trials": 2, "parallel": 2, "sampler": "random"}
+    )
+    assert created.status_code == 202, created.text
+    found = wait_search(api_client, created.json()["id"], timeout=240)
+    assert found["status"] == "succeeded" and len(found["trials"]) == 2, found
+    for trial in found["trials"]:
+        run = api_client.get(f"/v1/runs/{trial['run_id']}").json()
+        assert run["status"] == "succeeded"
+        assert run["spec"]["model"]["params"]["width"] == trial["params"]["model.params.width"] in (8, 16)
+        assert run["n_parameters"] > 0
 
 
 def test_a_plugin_model_that_cannot_be_stacked_trains_separately_and_says_why(api_client: Any, worker: Any) -> None:

@@ -58,6 +58,23 @@ def test_nested_paths_land_in_the_spec() -> None:
     assert key_path("lr") == ("optimizer", "lr") and key_path("model.width") == ("model", "width")
 
 
+def test_a_plugin_models_arguments_are_searched_under_model_params() -> None:
+    """The issue's `model.params.width`: any distribution (the schema cannot know the factory's types; the API
+    checks the names against what live workers offer), set in the spec's params, present in the base or not."""
+    base = {"model": {"name": "tiny-transformer", "params": {"width": 16}}}
+    space = {"model.params.width": {"int": [8, 32]}, "model.params.dropout": {"uniform": [0.0, 0.3]}}
+    request = SearchCreate.model_validate({"base": base, "space": space})
+    spec = apply_params(request.base, {"model.params.width": 24, "model.params.dropout": 0.1})
+    assert spec.model.params == {"width": 24, "dropout": 0.1}  # type: ignore[union-attr]
+    bare = SearchCreate.model_validate({"base": {"model": {"name": "tiny-transformer"}}, "space": space})
+    assert apply_params(bare.base, {"model.params.width": 8}).model.params == {"width": 8}  # type: ignore[union-attr]
+    assert request.plugin_keys() == ["model.params.width", "model.params.dropout"]
+    variants = request.model_variants()  # the edges, every key's at once
+    assert [v.model.params for v in variants] == [{"width": 8, "dropout": 0.0}, {"width": 32, "dropout": 0.3}]  # type: ignore[union-attr]
+    plain = SearchCreate.model_validate({"space": {"lr": {"log_uniform": [1e-3, 1e-1]}}})
+    assert plain.plugin_keys() == [] and plain.model_variants() == [plain.base]
+
+
 @pytest.mark.parametrize(
     ("base", "space", "key", "words"),
     [
@@ -74,6 +91,13 @@ def test_nested_paths_land_in_the_spec() -> None:
         ({}, {"nonsense": {"int": [4, 8]}}, "nonsense", "not a field of the run spec"),
         ({}, {"optimizer.lr.x": {"int": [4, 8]}}, "optimizer.lr.x", "not a field of optimizer.lr"),
         ({}, {"model.hidden": {"choice": [1]}}, "model.hidden", "not a number, flag or name"),
+        ({}, {"model.params.width": {"int": [4, 8]}}, "model.params.width", "`params` is not a field of model"),
+        (
+            {"model": {"name": "tiny-transformer"}},
+            {"model.params.width.x": {"int": [4, 8]}},
+            "model.params.width.x",
+            "not a field of model.params",
+        ),
         ({}, {"optimizer.betas": {"choice": [0.9]}}, "optimizer.betas", "not a number, flag or name"),
         ({}, {"divergence": {"choice": [1]}}, "divergence", "not a number, flag or name"),
         ({}, {"lr": {"log_uniform": [1e-5, 1]}, "optimizer.lr": {"uniform": [0.1, 0.2]}}, "optimizer.lr", "`lr`"),
