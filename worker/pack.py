@@ -117,6 +117,7 @@ def _train(claims: list[leases.Claim], configs: list[trainer.RunConfig]) -> None
         for claim, writer in zip(claims, writers, strict=True):
             if not writer.lost.is_set():
                 steps.record_failure(claim.run_id, claim.token, exc)
+        searches.follow(ids)  # failed trials are told too: their search moves on now
         return
     # The members' last points, then their outcomes, each in one transaction for the whole pack.
     finished = []

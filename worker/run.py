@@ -57,7 +57,8 @@ def train(claim: leases.Claim) -> None:
             log.warning("run %s ended here (%s) and is not ours any more: %s", run_id, progress.lost_reason, exc)
             return
         log.exception("run %s failed", run_id)
-        steps.record_failure(run_id, claim.token, exc)
+        if steps.record_failure(run_id, claim.token, exc):
+            searches.follow([run_id])  # a failed trial is told too: the search moves on now, not at redispatch
         return
     if progress.lost.is_set():
         log.warning("run %s: %s; leaving its outcome to the worker that resumes it", run_id, progress.lost_reason)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # Work is stamped when it is queued, so a queued row without a stamp was handed back or its send failed. One
 # younger than this is left alone: it was just written outside the outbox by someone who claims it (tests do).
 OUTBOX_GRACE_SECONDS = 2.0
+# A running search with no trial queued or training is advanced after this long since it last moved (a worker
+# that ends a trial advances it at once; this is for trials ended by the api or the reconciler).
+IDLE_SEARCH_SECONDS = 10.0
 # Rows one reconciler pass takes per kind; the next pass takes the rest.
 BATCH = 200
 
@@ -188,8 +191,11 @@ def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, o
 
 def _resend_searches(session: Session, settings: Settings, now: datetime) -> list[Message]:
     """Searches not finished that have not moved for `redispatch_seconds` (or whose first message was never
-    sent): an advance for each. One that finds nothing to do is harmless; one after a lost worker or api tells
-    what ended and asks what is missing (lrlab.search.driver)."""
+    sent), and running ones with no trial left to train for IDLE_SEARCH_SECONDS (their last runs were ended by
+    the api or the reconciler, not by a worker that would have advanced them): an advance for each. One that
+    finds nothing to do is harmless; one after a lost worker or api tells what ended and asks what is missing
+    (lrlab.search.driver)."""
+    training = exists().where(Run.search_id == Search.id, Run.status.in_((QUEUED, RUNNING)))
     rows = session.scalars(
         select(Search)
         .where(
@@ -197,6 +203,11 @@ def _resend_searches(session: Session, settings: Settings, now: datetime) -> lis
             or_(
                 and_(Search.dispatched_at.is_(None), Search.created_at < now - timedelta(seconds=OUTBOX_GRACE_SECONDS)),
                 Search.dispatched_at < now - timedelta(seconds=settings.redispatch_seconds),
+                and_(
+                    Search.status == RUNNING,
+                    ~training,
+                    Search.dispatched_at < now - timedelta(seconds=IDLE_SEARCH_SECONDS),
+                ),
             ),
         )
         .order_by(Search.created_at)

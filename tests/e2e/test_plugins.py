@@ -164,6 +164,22 @@ def test_a_search_over_a_plugins_parameter_is_checked_against_the_offers_and_tra
         assert run["n_parameters"] > 0
 
 
+def test_a_search_whose_trials_fail_in_the_factory_moves_on_and_ends_failed(api_client: Any, worker: Any) -> None:
+    """A width the factory refuses passes the API (it checks names, not values): each trial's run fails with the
+    factory's message, is told failed at once (the worker advances the search: no wait for the redispatch
+    timeout, 600 s here), and the search ends `failed`, saying why."""
+    base = {"model": {**TINY, "params": {"heads": 2, "depth": 1}}, "dataset": MOTIFS, "epochs": 1, "device": "cpu"}
+    space = {"model.params.width": {"choice": [-5]}}
+    created = api_client.post("/v1/searches", json={"base": base, "space": space, "trials": 2, "parallel": 1})
+    assert created.status_code == 202, created.text
+    found = wait_search(api_client, created.json()["id"], timeout=90)
+    assert (found["status"], found["error"]) == ("failed", "no trial trained to a result (every one failed)"), found
+    assert [t["state"] for t in found["trials"]] == ["failed", "failed"]
+    for trial in found["trials"]:
+        run = api_client.get(f"/v1/runs/{trial['run_id']}").json()
+        assert run["status"] == "failed" and "must be a multiple of heads" in run["error"], run["error"]
+
+
 def test_a_plugin_model_that_cannot_be_stacked_trains_separately_and_says_why(api_client: Any, worker: Any) -> None:
     dropout = {**TINY, "params": {**TINY["params"], "dropout": 0.1}}
     body = {

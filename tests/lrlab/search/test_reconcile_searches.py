@@ -11,7 +11,8 @@ from sqlalchemy import update
 
 from lrlab.db import session_scope
 from lrlab.models import LOCAL_OWNER, Search, utcnow
-from lrlab.runs import reconciler
+from lrlab.runs import reconciler, store
+from lrlab.schemas import RunSpec
 from lrlab.schemas.search import SearchCreate
 from lrlab.search import driver
 
@@ -43,3 +44,23 @@ def test_unsent_and_stale_searches_are_advanced(q: Any) -> None:
     with session_scope() as s:
         assert s.get(Search, unsent).dispatched_at is not None  # type: ignore[union-attr]
         s.execute(update(Search).where(Search.id.in_([unsent, stale, fresh, done])).values(status="cancelled"))
+
+
+def test_a_running_search_with_no_trial_left_to_train_is_advanced_soon(q: Any) -> None:
+    """Its last trial runs ended outside a worker (a cancel through the api, a run failed by the reconciler):
+    nobody advanced it, and it moves on after IDLE_SEARCH_SECONDS rather than after redispatch_seconds."""
+    queue, _ = q
+    idle_for = timedelta(seconds=reconciler.IDLE_SEARCH_SECONDS + 5)
+    idle = _search(queue, status="running", dispatched_at=utcnow() - idle_for)
+    just_moved = _search(queue, status="running", dispatched_at=utcnow())
+    training = _search(queue, status="running", dispatched_at=utcnow() - idle_for)
+    ended = _search(queue, status="running", dispatched_at=utcnow() - idle_for)
+    with session_scope() as s:
+        for search_id, status in ((training, "queued"), (ended, "cancelled"), (idle, "failed")):
+            run = store.create_run(s, RunSpec(epochs=1), queue)
+            run.search_id, run.trial, run.status = search_id, 0, status
+    out = reconciler.reconcile()
+    assert {idle, ended} <= set(out.searches_dispatched)
+    assert just_moved not in out.searches_dispatched and training not in out.searches_dispatched
+    with session_scope() as s:
+        s.execute(update(Search).where(Search.id.in_([idle, just_moved, training, ended])).values(status="cancelled"))
