@@ -41,6 +41,7 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from tests import cluster  # noqa: E402
+from tests.conftest import PG_ADMIN_URL, REDIS_HOST  # noqa: E402
 from tests.multihost import stack  # noqa: E402
 from tests.storage_fixtures import MotoServer  # noqa: E402
 
@@ -115,8 +116,8 @@ class Lab:
 @contextlib.contextmanager
 def deployment(settings: dict[str, str], moto: MotoServer, logs: Path) -> Iterator[Lab]:
     forward = {
-        "postgres": ("127.0.0.1", int(stack.PG_ADMIN_URL.rsplit(":", 1)[1].split("/")[0])),
-        "redis": ("127.0.0.1", int(stack.REDIS_HOST.rsplit(":", 1)[1])),
+        "postgres": ("127.0.0.1", int(PG_ADMIN_URL.rsplit(":", 1)[1].split("/")[0])),
+        "redis": ("127.0.0.1", int(REDIS_HOST.rsplit(":", 1)[1])),
         "s3": ("127.0.0.1", moto.port),
     }
     storage = {**moto.env(), "LRLAB_STORAGE_URL": f"s3://{moto.create_bucket()}/bench"}

@@ -18,10 +18,7 @@ import functools
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,8 +26,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import trainer  # noqa: E402
-
-T = TypeVar("T")
+from bench.fused import max_relative_difference, members_list, run_separate, timed  # noqa: E402
 
 MOTIFS = trainer.DatasetConfig("motifs", params={"n_samples": 2000, "length": 24})
 MODELS = {
@@ -71,38 +67,15 @@ def sweep(members: int, epochs: int, model: trainer.ModelConfig) -> list[trainer
     ]
 
 
-def timed(fn: Callable[[], T], device: str) -> tuple[float, T]:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    result = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, result
-
-
-def run_separate(configs: list[trainer.RunConfig], device: str) -> list[trainer.TrainResult]:
-    return [trainer.train(c, device=device) for c in configs]
-
-
-def max_relative_difference(fused: list[trainer.TrainResult], separate: list[trainer.TrainResult]) -> float:
-    worst = 0.0
-    for ours, theirs in zip(fused, separate, strict=True):
-        a, b = ours.points[-1].val_loss, theirs.points[-1].val_loss
-        worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
-    return worst
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--members", default="1,4,8", help="K, or a list of K: 1,4,8")
+    ap.add_argument("--members", type=members_list, default=[1, 4, 8], help="K, or a list of K: 1,4,8")
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny-transformer")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 leaves torch's default")
     args = ap.parse_args()
-    ks = [int(k) for k in args.members.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)  # as the workers (LRLAB_TORCH_THREADS=1)
     model, described = MODELS[args.model]
@@ -122,7 +95,7 @@ def main() -> None:
     )
     print("| K | one run | separate (K runs) | fused | separate / fused | fused / one run | max rel. diff val_loss |")
     print("|---|---|---|---|---|---|---|")
-    for k in ks:
+    for k in args.members:
         configs = sweep(k, args.epochs, model)
         trainer.train_population(configs, device=args.device)  # warm-up at this K's shapes
         separate, fused = [], []

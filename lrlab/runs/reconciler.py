@@ -11,9 +11,10 @@ twice, and what a step queues is stamped in its transaction and sent after its c
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from sqlalchemy import and_, delete, exists, or_, select
@@ -88,19 +89,26 @@ class Reconciled:
 CANCELLED, FAILED = RunStatus.cancelled.value, RunStatus.failed.value
 
 
-def _lapse(row: Run | LrFinder, now: datetime) -> str:
-    """A lapsed lease's end (the row locked): `cancelled` when a cancel was asked (its worker died while stopping
+Leased = TypeVar("Leased", Run, LrFinder)
+
+
+def _lapse(rows: Sequence[Leased], now: datetime, ends: dict[str, list[str]]) -> list[Leased]:
+    """Lapsed leases' ends (the rows locked): `cancelled` when a cancel was asked (its worker died while stopping
     it: stopped is what was asked for), `failed` on the MAX_ATTEMPTS-th lost worker (it is what kills its
-    workers), else queued again."""
-    row.lease_token, row.lease_expires_at = None, None
-    if row.cancel_requested:
-        row.status, row.finished_at = CANCELLED, now
-    elif row.attempts >= MAX_ATTEMPTS:
-        row.status, row.finished_at = FAILED, now
-        row.error = f"its worker was lost {row.attempts} times (last: {row.worker}); not retried again"
-    else:
-        row.status = QUEUED
-    return row.status
+    workers), else queued again. Each row's id goes to ends[its status]; returns the rows queued again."""
+    requeued = []
+    for row in rows:
+        row.lease_token, row.lease_expires_at = None, None
+        if row.cancel_requested:
+            row.status, row.finished_at = CANCELLED, now
+        elif row.attempts >= MAX_ATTEMPTS:
+            row.status, row.finished_at = FAILED, now
+            row.error = f"its worker was lost {row.attempts} times (last: {row.worker}); not retried again"
+        else:
+            row.status = QUEUED
+            requeued.append(row)
+        ends[row.status].append(row.id)
+    return requeued
 
 
 def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[Message]:
@@ -117,13 +125,7 @@ def _requeue_expired(session: Session, now: datetime, out: Reconciled) -> list[M
         .limit(BATCH)
         .with_for_update(skip_locked=True)
     ).all()
-    requeued = []
-    ends = {QUEUED: out.requeued, CANCELLED: out.cancelled, FAILED: out.failed}
-    for run in rows:
-        ended = _lapse(run, now)
-        ends[ended].append(run.id)
-        if ended == QUEUED:
-            requeued.append(run)
+    requeued = _lapse(rows, now, {QUEUED: out.requeued, CANCELLED: out.cancelled, FAILED: out.failed})
     if requeued:
         log.warning("lease expired, requeued: %s", ", ".join(r.id for r in requeued))
     if out.failed or out.cancelled:
@@ -171,13 +173,8 @@ def _reconcile_lr_finders(session: Session, settings: Settings, now: datetime, o
         .limit(BATCH)
         .with_for_update(skip_locked=True, of=LrFinder)
     ).all()
-    orphaned = []
     ends = {QUEUED: out.lr_finders_requeued, CANCELLED: out.lr_finders_cancelled, FAILED: out.lr_finders_failed}
-    for job in lapsed:
-        ended = _lapse(job, now)
-        ends[ended].append(job.id)
-        if ended == QUEUED:
-            orphaned.append(job)
+    orphaned = _lapse(lapsed, now, ends)
     messages = outbox.lr_finders(session, orphaned)  # stamped now: the query below does not take them again
     unsent = session.scalars(
         select(LrFinder)

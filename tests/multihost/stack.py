@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-import redis
 from sqlalchemy.engine import make_url
 
 from tests.cluster import Cluster, Host
+from tests.conftest import private_database, spare_redis_db
 
 CLI = [sys.executable, "-m", "lrlab.cli"]
-PG_ADMIN_URL = os.environ.get("LRLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_HOST = os.environ.get("LRLAB_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 @contextlib.contextmanager
@@ -38,27 +35,9 @@ def private_services() -> Iterator[dict[str, str]]:
 
     Not the session's: the hosts' workers must not share a broker with the test session's own worker.
     """
-    name, token = f"lrlab_hosts_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    locks = redis.Redis.from_url(f"{REDIS_HOST}/0")
-    db = next((n for n in range(1, 16) if locks.set(f"lrlab-test-lock:{n}", token, nx=True, ex=3600)), None)
-    if db is None:
-        raise RuntimeError("no free Redis db number (1..15)")
-    redis.Redis.from_url(f"{REDIS_HOST}/{db}").flushdb()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    pg = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        yield {
-            "LRLAB_DATABASE_URL": pg.replace("postgresql://", "postgresql+psycopg://"),
-            "LRLAB_BROKER_URL": f"{REDIS_HOST}/{db}",
-            "pg": pg,
-        }
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        redis.Redis.from_url(f"{REDIS_HOST}/{db}").flushdb()
-        if locks.get(f"lrlab-test-lock:{db}") == token.encode():
-            locks.delete(f"lrlab-test-lock:{db}")
+    with private_database() as database, spare_redis_db() as broker:
+        pg = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+        yield {"LRLAB_DATABASE_URL": database, "LRLAB_BROKER_URL": broker, "pg": pg}
 
 
 # Which host wrote each curve point: a trigger reads the writer's application_name (on_host sets its hostname).

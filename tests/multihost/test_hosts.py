@@ -28,6 +28,7 @@ import psycopg
 import pytest
 
 from tests import cluster
+from tests.conftest import PG_ADMIN_URL, REDIS_HOST
 from tests.multihost import stack
 from tests.storage_fixtures import MotoServer
 
@@ -94,8 +95,8 @@ class Deployment:
 def deployment(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("hosts")
     forward = {
-        "postgres": ("127.0.0.1", int(stack.PG_ADMIN_URL.rsplit(":", 1)[1].split("/")[0])),
-        "redis": ("127.0.0.1", int(stack.REDIS_HOST.rsplit(":", 1)[1])),
+        "postgres": ("127.0.0.1", int(PG_ADMIN_URL.rsplit(":", 1)[1].split("/")[0])),
+        "redis": ("127.0.0.1", int(REDIS_HOST.rsplit(":", 1)[1])),
         "s3": ("127.0.0.1", moto_server.port),
     }
     bucket = moto_server.create_bucket()
