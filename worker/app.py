@@ -45,6 +45,7 @@ app.conf.worker_proc_alive_timeout = 60.0
 _stop = threading.Event()
 FIRST_BEAT_WAIT_SECONDS = 30.0
 _children_shutting_down: Any = None  # a multiprocessing Event made before the prefork pool forks
+_hand_back_begun = False  # _begin_hand_back has run (or is running) in this process
 
 
 def _beat(hostname: str, queues: list[str]) -> None:
@@ -144,7 +145,15 @@ def _share_shutdown(**_: object) -> None:
 
 @signals.worker_shutting_down.connect
 def _begin_hand_back(**_: object) -> None:
-    # Sent from Celery's signal handler in the main process: only set events here.
+    # Sent from Celery's signal handler in the main process: only set events here, and once. A second signal
+    # (Ctrl-C reaches the worker from the terminal and from `lrlab up`, a SIGTERM follows a SIGINT) runs its
+    # handler on the same thread, inside this one wherever it stands: in Event.set, which holds the event's lock,
+    # a second Event.set waits for that lock forever, and the worker hangs with its run unwritten until it is
+    # killed. The flag is set before any lock is taken, so a handler nested in one that got that far returns.
+    global _hand_back_begun
+    if _hand_back_begun:
+        return
+    _hand_back_begun = True
     progress.shutting_down.set()
     _stop.set()  # no more reconciler passes: one would send the runs handed back here to this worker
     if _children_shutting_down is not None:

@@ -70,7 +70,7 @@ def test_ctrl_c_on_up_hands_the_run_back_and_the_next_up_resumes_it(tmp_path: Pa
     before = _row(db, "SELECT epoch, seconds, train_loss FROM curve_point WHERE run_id = ? ORDER BY epoch", run_id)
     n = len(before)
     assert [p[0] for p in before] == list(range(1, n + 1))
-    assert _row(db, "SELECT epoch FROM checkpoint WHERE run_id = ?", run_id) == [(n,)]
+    assert _row(db, "SELECT epoch FROM checkpoint WHERE run_id = ?", run_id) == [(n,)], log.read_text()[-4000:]
 
     log2 = tmp_path / "up2.log"
     up = _start(["up", "--port", str(port)], data_dir, log2)
