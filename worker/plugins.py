@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import Any
 
+from worker import progress
+
 log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT_SECONDS = 300.0  # importing torch and every plugin package on a loaded machine
@@ -52,9 +54,13 @@ def _discover() -> None:
             timeout=DISCOVERY_TIMEOUT_SECONDS,
             check=False,
         )
-        if done.returncode != 0:
+        if done.returncode < 0 and progress.shutting_down.is_set():  # Ctrl-C reached its process group too
+            log.info("plugin discovery interrupted: the worker is shutting down")
+            found = NOTHING
+        elif done.returncode != 0:
             raise RuntimeError(f"exit status {done.returncode}: {done.stderr.strip()[-2000:]}")
-        found = json.loads(done.stdout)
+        else:
+            found = json.loads(done.stdout)
     except Exception:  # a broken plugin environment must not stop the worker from training the built-ins
         log.warning("could not list the installed plugins; this worker offers none", exc_info=True)
         found = NOTHING
