@@ -3,8 +3,9 @@ what workers advertise (trainer/plugins.py's Plugins.describe), and a spec check
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -178,4 +179,80 @@ def _check_params(kind: str, plugin: AdvertisedPlugin, params: Mapping[str, Any]
     for p in plugin.parameters:
         if p.required and p.name not in params:
             return Problem(("params", p.name), f"the {kind} {plugin.name!r} needs parameter {p.name!r}")
+        if p.name in params and p.annotation is not None and not _fits(p.annotation, params[p.name]):
+            value = params[p.name]
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return Problem(
+                ("params", p.name),
+                f"the {kind} {plugin.name!r} takes {p.name}: {p.annotation}, not {shown} ({_json_type(value)})",
+            )
     return None
+
+
+# A factory's annotation as JSON can meet it: an annotation made of these alone (int, float | None, list[int],
+# Optional[str], ...) is checked before anything is queued; any other (torch.dtype, Literal[...], a class of the
+# plugin's) is left to the factory, on the worker.
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),  # an int is a float (PEP 484)
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "None": lambda v: v is None,
+    "NoneType": lambda v: v is None,
+    "list": lambda v: isinstance(v, list),
+    "tuple": lambda v: isinstance(v, list),
+    "Sequence": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "Mapping": lambda v: isinstance(v, dict),
+}
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _alternatives(annotation: str) -> list[str] | None:
+    """The kinds of _KINDS an annotation admits, or None when it names anything else."""
+    text = annotation.replace("typing.", "").replace("collections.abc.", "").strip()
+    if text.startswith("Optional[") and text.endswith("]"):
+        inner = _alternatives(text[len("Optional[") : -1])
+        return None if inner is None else [*inner, "None"]
+    if text.startswith("Union[") and text.endswith("]"):
+        parts = _split_top(text[len("Union[") : -1], ",")
+    else:
+        parts = _split_top(text, "|")
+    kinds = []
+    for part in parts:
+        base = part.strip().split("[", 1)[0].strip()
+        if base not in _KINDS:
+            return None
+        kinds.append(base)
+    return kinds
+
+
+def _fits(annotation: str, value: Any) -> bool:
+    kinds = _alternatives(annotation)
+    return kinds is None or any(_KINDS[k](value) for k in kinds)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "an array" if isinstance(value, list) else "an object"

@@ -55,6 +55,9 @@ def test_specs_are_checked_against_what_live_workers_offer(api_client: Any, work
     resp = api_client.post("/v1/runs", json={"model": typo, "dataset": MOTIFS})
     assert resp.status_code == 422 and locs(resp) == [["body", "model", "params", "widht"]], resp.text
     assert "takes no parameter 'widht'" in resp.json()["detail"][0]["msg"]
+    mistyped = api_client.post("/v1/runs", json={"model": {**TINY, "params": {"width": 2.5}}, "dataset": MOTIFS})
+    assert mistyped.status_code == 422 and locs(mistyped) == [["body", "model", "params", "width"]], mistyped.text
+    assert "takes width: int, not 2.5" in mistyped.json()["detail"][0]["msg"]
 
     for dataset, loc in [
         ({"name": "imagenet"}, ["body", "dataset", "name"]),
@@ -146,6 +149,10 @@ def test_a_search_over_a_plugins_parameter_is_checked_against_the_offers_and_tra
     resp = api_client.post("/v1/searches", json=typo)
     assert resp.status_code == 422 and locs(resp) == [["body", "space", "model.params.widht"]], resp.text
     assert "takes no parameter 'widht'" in resp.json()["detail"][0]["msg"]
+    floats = {"base": base, "space": {"model.params.width": {"uniform": [8, 16]}}, "trials": 2}  # not int
+    resp = api_client.post("/v1/searches", json=floats)
+    assert resp.status_code == 422 and locs(resp) == [["body", "space", "model.params.width"]], resp.text
+    assert "takes width: int, not 8.0" in resp.json()["detail"][0]["msg"], resp.text
     unknown = {"base": {**base, "model": {"name": "vit"}}, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}}
     resp = api_client.post("/v1/searches", json=unknown)
     assert resp.status_code == 422 and locs(resp) == [["body", "base", "model", "name"]], resp.text
@@ -165,9 +172,9 @@ def test_a_search_over_a_plugins_parameter_is_checked_against_the_offers_and_tra
 
 
 def test_a_search_whose_trials_fail_in_the_factory_moves_on_and_ends_failed(api_client: Any, worker: Any) -> None:
-    """A width the factory refuses passes the API (it checks names, not values): each trial's run fails with the
-    factory's message, is told failed at once (the worker advances the search: no wait for the redispatch
-    timeout, 600 s here), and the search ends `failed`, saying why."""
+    """A width the factory refuses passes the API (it checks names and JSON types, not values): each trial's run
+    fails with the factory's message, is told failed at once (the worker advances the search: no wait for the
+    redispatch timeout, 600 s here), and the search ends `failed`, saying why."""
     base = {"model": {**TINY, "params": {"heads": 2, "depth": 1}}, "dataset": MOTIFS, "epochs": 1, "device": "cpu"}
     space = {"model.params.width": {"choice": [-5]}}
     created = api_client.post("/v1/searches", json={"base": base, "space": space, "trials": 2, "parallel": 1})

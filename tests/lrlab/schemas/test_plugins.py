@@ -125,3 +125,49 @@ def test_check_plugin_wants_required_params_and_takes_any_version_that_fits() ->
 def test_plugin_name_pattern_is_anchored() -> None:
     assert re.fullmatch(PLUGIN_NAME.strip("^$"), "tiny-transformer")
     assert not re.match(PLUGIN_NAME, "tiny transformer")
+
+
+@pytest.mark.parametrize(
+    ("annotation", "good", "bad"),
+    [
+        ("int", [3, -1], [2.5, True, "3", None, [3]]),
+        ("float", [0.5, 3], [True, "0.5", None]),
+        ("bool", [True, False], [1, 0, "true"]),
+        ("str", ["relu"], [1, None]),
+        ("int | None", [3, None], [2.5]),
+        ("Optional[float]", [0.5, None], ["x"]),
+        ("typing.Optional[int]", [1, None], [1.5]),
+        ("Union[int, str]", [1, "a"], [1.5, None]),
+        ("list[int]", [[1, 2]], [1, {"a": 1}]),
+        ("tuple[int, ...]", [[1]], [(1.5)]),
+        ("dict[str, float]", [{"a": 1.0}], [[1]]),
+        ("collections.abc.Sequence[int] | None", [[1], None], [1]),
+    ],
+)
+def test_check_plugin_holds_a_value_to_its_parameters_annotation(
+    annotation: str, good: list[Any], bad: list[Any]
+) -> None:
+    offers = Offers.gather(
+        [("w1", ad(params=[{"name": "width", "required": False, "default": 32, "annotation": annotation}]))]
+    )
+    for value in good:
+        assert check_plugin(offers, "model", "tiny-transformer", {"width": value}, BUILTINS) is None, value
+    for value in bad:
+        problem = check_plugin(offers, "model", "tiny-transformer", {"width": value}, BUILTINS)
+        assert problem is not None and problem.loc == ("params", "width"), value
+        assert f"takes width: {annotation}, not" in problem.msg
+
+
+def test_an_annotation_json_cannot_meet_is_left_to_the_factory() -> None:
+    for annotation in ("torch.dtype", "Literal['a', 'b']", "MyConfig", "int | torch.dtype", "Callable[[int], int]"):
+        offers = Offers.gather([("w1", ad(params=[{"name": "width", "required": False, "annotation": annotation}]))])
+        assert check_plugin(offers, "model", "tiny-transformer", {"width": "anything"}, BUILTINS) is None, annotation
+
+
+def test_a_mistyped_parameter_names_the_value_and_its_type() -> None:
+    offers = Offers.gather([("w1", ad(params=[{"name": "width", "required": False, "annotation": "int"}]))])
+    assert check_plugin(offers, "model", "tiny-transformer", {"width": 2.5}, BUILTINS) == Problem(
+        ("params", "width"), "the model 'tiny-transformer' takes width: int, not 2.5 (a number with a fraction)"
+    )
+    long = check_plugin(offers, "model", "tiny-transformer", {"width": "x" * 100}, BUILTINS)
+    assert long is not None and long.msg.endswith("... (a string)") and len(long.msg) < 120

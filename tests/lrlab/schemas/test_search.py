@@ -60,7 +60,8 @@ def test_nested_paths_land_in_the_spec() -> None:
 
 def test_a_plugin_models_arguments_are_searched_under_model_params() -> None:
     """The issue's `model.params.width`: any distribution (the schema cannot know the factory's types; the API
-    checks the names against what live workers offer), set in the spec's params, present in the base or not."""
+    checks names and annotations against what live workers offer), set in the spec's params, present in the base
+    or not."""
     base = {"model": {"name": "tiny-transformer", "params": {"width": 16}}}
     space = {"model.params.width": {"int": [8, 32]}, "model.params.dropout": {"uniform": [0.0, 0.3]}}
     request = SearchCreate.model_validate({"base": base, "space": space})
