@@ -17,6 +17,7 @@ finds is advertised as JSON (Plugins.describe), so the API can validate specs wi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.metadata
@@ -24,8 +25,11 @@ import inspect
 import json
 import logging
 import re
+import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +49,9 @@ MAX_DEFAULT_CHARS = 1000  # a default longer than this as JSON is advertised by 
 # those modules call this one): no plugin may take their names.
 BUILTIN_MODELS = frozenset({"mlp", "cnn", "resnet", "sequential"})
 BUILTIN_DATASETS = frozenset({"digits", "mnist1d", "spirals", "blobs"})
+# A factory (and the model's first forward) that has not returned after this long fails its run, rather than
+# hold its worker, renewing the lease, for ever. On the main thread only, where a worker's task runs.
+FACTORY_SECONDS = 300.0
 
 Kind = Literal["model", "dataset"]
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -282,18 +289,47 @@ def build_plugin_model(
     assert plugin.factory is not None, plugin
     plugin.check_params(params)
     shape = tuple(int(s) for s in input_shape)
-    try:
-        model = plugin.factory(shape, n_classes, **params)
-    except Exception as e:
-        raise ValueError(f"The model factory of {plugin.label} raised {type(e).__name__}: {e}") from e
-    if not isinstance(model, nn.Module):
-        raise ValueError(
-            f"The model factory of {plugin.label} returned a {type(model).__name__}, not a torch.nn.Module"
-        )
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"The model {plugin.label} has no parameters to train")
-    _check_output(plugin, model, shape, n_classes)
+    with time_limit(FACTORY_SECONDS):
+        try:
+            model = plugin.factory(shape, n_classes, **params)
+        except Exception as e:
+            raise ValueError(f"The model factory of {plugin.label} raised {type(e).__name__}: {e}") from e
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"The model factory of {plugin.label} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"The model {plugin.label} has no parameters to train")
+        _check_output(plugin, model, shape, n_classes)
     return model
+
+
+class TimeLimitExceeded(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeLimitExceeded in the block once `seconds` have passed (SIGALRM: Python code and sleeps are
+    interrupted, a call blocked inside C code at its return). Off the main thread, where no signal handler can
+    run, the block runs unlimited."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeLimitExceeded(f"did not return within {seconds:g} s")
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expired)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # an enclosing timer keeps what it had left
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 0.001))
 
 
 def _check_output(plugin: Plugin, model: nn.Module, input_shape: tuple[int, ...], n_classes: int) -> None:
@@ -340,7 +376,8 @@ def load_plugin_dataset(plugin: Plugin, params: Mapping[str, Any]) -> PluginData
     assert plugin.factory is not None, plugin
     plugin.check_params(params)
     try:
-        made = plugin.factory(**params)
+        with time_limit(FACTORY_SECONDS):
+            made = plugin.factory(**params)
     except Exception as e:
         raise ValueError(f"The dataset factory of {plugin.label} raised {type(e).__name__}: {e}") from e
     shape_help = "(x, y) or ((x_train, y_train), (x_val, y_val))"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import trainer.plugins as plugins_module
 from trainer.plugins import BUILTIN_DATASETS, BUILTIN_MODELS, Plugins, build_plugin_model, discover, load_plugin_dataset
 
 FACTORIES = '''
@@ -55,6 +59,37 @@ def positional_only(input_shape, n_classes, hidden, /):
 
 def raises(input_shape, n_classes, width: int = 4):
     raise RuntimeError(f"width {width} is not supported")
+
+
+def spins(input_shape, n_classes):
+    while True:
+        pass
+
+
+def sleeps(input_shape, n_classes):
+    import time
+
+    time.sleep(3600)
+
+
+class Stuck(nn.Module):
+    def __init__(self, n_classes):
+        super().__init__()
+        self.linear = nn.Linear(2, n_classes)
+
+    def forward(self, x):
+        while True:
+            pass
+
+
+def stuck_forward(input_shape, n_classes):
+    return Stuck(n_classes)
+
+
+def slow_data():
+    import time
+
+    time.sleep(3600)
 
 
 def not_a_module(input_shape, n_classes):
@@ -245,6 +280,9 @@ def acme(site: Path) -> Plugins:
         "tuple_output",
         "no_parameters",
         "required",
+        "spins",
+        "sleeps",
+        "stuck_forward",
     ]
     _distribution(
         site,
@@ -252,7 +290,11 @@ def acme(site: Path) -> Plugins:
         "1.0",
         {
             "lrlab.models": {name.replace("_", "-"): f"fake_plugin:{name}" for name in names},
-            "lrlab.datasets": {"xor": "fake_plugin:xor", "bad": "fake_plugin:bad_data"},
+            "lrlab.datasets": {
+                "xor": "fake_plugin:xor",
+                "bad": "fake_plugin:bad_data",
+                "slow": "fake_plugin:slow_data",
+            },
         },
     )
     return _discover_only(site)
@@ -293,6 +335,50 @@ def test_build_plugin_model_reports_a_forward_that_fails(acme: Plugins) -> None:
         ValueError, match=r"'fixed-input' \(acme 1.0\) fails on a batch of shape \(2, 5\): RuntimeError"
     ):
         build_plugin_model(acme.models["fixed-input"], {}, (5,), 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("spins", r"The model factory of 'spins' \(acme 1.0\) raised TimeLimitExceeded: did not return within 0.5 s"),
+        ("sleeps", r"The model factory of 'sleeps' \(acme 1.0\) raised TimeLimitExceeded: did not return within"),
+        ("stuck-forward", r"'stuck-forward' \(acme 1.0\) fails on a batch of shape \(2, 2\): TimeLimitExceeded"),
+    ],
+)
+def test_a_factory_or_first_forward_that_never_returns_fails_the_run(
+    acme: Plugins, monkeypatch: pytest.MonkeyPatch, name: str, match: str
+) -> None:
+    monkeypatch.setattr(plugins_module, "FACTORY_SECONDS", 0.5)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=match):
+        build_plugin_model(acme.models[name], {}, (2,), 3)
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_dataset_factory_that_never_returns_fails_and_a_timer_outside_keeps_its_time(
+    acme: Plugins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugins_module, "FACTORY_SECONDS", 0.3)
+    outer = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 100.0)
+    try:
+        with pytest.raises(ValueError, match=r"The dataset factory of 'slow' .* did not return within 0.3 s"):
+            load_plugin_dataset(acme.datasets["slow"], {})
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 90 < left < 100 and signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, outer)
+
+
+def test_off_the_main_thread_a_factory_runs_unlimited(acme: Plugins, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugins_module, "FACTORY_SECONDS", 0.01)
+    built: list[Any] = []
+    thread = threading.Thread(target=lambda: built.append(build_plugin_model(acme.models["wide-mlp"], {}, (2,), 3)))
+    thread.start()
+    thread.join(60)
+    assert len(built) == 1
 
 
 def test_load_plugin_dataset_takes_both_forms(acme: Plugins) -> None:
