@@ -18,7 +18,7 @@ from lrlab.schemas import RunSpec
 from lrlab.schemas.search import EarlyStopping
 from lrlab.search.asha import judge
 from lrlab.search.rungs import decide_in
-from tests.conftest import private_database
+from tests.conftest import private_database, sqlite_at_head
 
 ETA3 = EarlyStopping(grace_epochs=1, reduction_factor=3)
 
@@ -26,8 +26,7 @@ ETA3 = EarlyStopping(grace_epochs=1, reduction_factor=3)
 @pytest.fixture(params=["postgres", "sqlite"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        found = f"sqlite:///{tmp_path / 'lrlab.db'}"
-        upgrade(found)
+        found = sqlite_at_head(tmp_path / "lrlab.db")
         yield found
         return
     request.getfixturevalue("services")

@@ -15,7 +15,7 @@ import pytest
 from lrlab.migrate import upgrade
 from lrlab.schemas.search import SearchCreate
 from lrlab.search import study as driver
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, sqlite_at_head
 
 SPACE = {"lr": {"log_uniform": [1e-5, 1]}, "optimizer": {"choice": ["sgd", "adam", "rmsprop"]}}
 
@@ -23,8 +23,7 @@ SPACE = {"lr": {"log_uniform": [1e-5, 1]}, "optimizer": {"choice": ["sgd", "adam
 @pytest.fixture(params=["postgres", "sqlite"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        found = f"sqlite:///{tmp_path / 'lrlab.db'}"
-        upgrade(found)
+        found = sqlite_at_head(tmp_path / "lrlab.db")
         yield found
         driver.reset_storages()
         return
