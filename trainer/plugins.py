@@ -305,7 +305,7 @@ def build_plugin_model(
 
 
 class TimeLimitExceeded(Exception):
-    pass
+    """A factory (or a first forward) ran past FACTORY_SECONDS."""
 
 
 @contextlib.contextmanager
